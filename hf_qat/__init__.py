@@ -1,0 +1,59 @@
+"""hf_qat: quantization-aware training for Hugging Face models with NNCF's legacy API.
+
+```python
+from hf_qat import NNCFConfig, create_compressed_model, register_default_init_args, load_state
+config = register_default_init_args(NNCFConfig.from_json("nncf_config.json"), train_loader)
+ctrl, model = create_compressed_model(model, config)
+```
+"""
+
+__version__ = "0.1.0"
+
+# -- framework-neutral --------------------------------------------------------------------------
+from .core.config import NNCFConfig
+from .core.spec import QuantizationMode, QuantizerSpec
+from .errors import (
+    CalibrationError,
+    CompressionStateError,
+    ConfigError,
+    DistributedError,
+    HfQatError,
+    NothingToQuantizeError,
+    ScopeError,
+)
+
+# -- PyTorch ------------------------------------------------------------------------------------
+from .torch import (
+    BNAdaptationInitArgs,
+    CompressionStage,
+    InitializingDataLoader,
+    QuantizationController,
+    QuantizationRangeInitArgs,
+    create_compressed_model,
+    load_state,
+    register_default_init_args,
+)
+
+__all__ = [
+    # config and specs
+    "NNCFConfig",
+    "QuantizationMode",
+    "QuantizerSpec",
+    # PyTorch API (NNCF legacy names)
+    "create_compressed_model",
+    "register_default_init_args",
+    "load_state",
+    "QuantizationController",
+    "CompressionStage",
+    "InitializingDataLoader",
+    "QuantizationRangeInitArgs",
+    "BNAdaptationInitArgs",
+    # errors
+    "HfQatError",
+    "ConfigError",
+    "ScopeError",
+    "NothingToQuantizeError",
+    "CalibrationError",
+    "CompressionStateError",
+    "DistributedError",
+]

@@ -1,0 +1,257 @@
+"""``NNCFConfig``: the NNCF-compatible configuration object, validated with JSON schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from typing import Any, Iterable
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from ..errors import ConfigError
+from .schema import NNCF_CONFIG_SCHEMA, QUANTIZATION_ALGO_SCHEMA, UNSUPPORTED_KEYS
+
+__all__ = ["NNCFConfig", "validate_config", "json_path"]
+
+#: Largest config file accepted by :meth:`NNCFConfig.from_json` (a config is a few kB; this guards
+#: against pointing the loader at a weights file by mistake).
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def json_path(parts: Iterable[Any]) -> str:
+    """Render a sequence of keys/indices as a JSON path such as ``$.compression[0].preset``."""
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def _describe_allowed(error: ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    v = error.validator
+    if v == "enum":
+        return "one of " + ", ".join(json.dumps(x) for x in error.validator_value)
+    if v == "const":
+        return json.dumps(error.validator_value)
+    if v == "type":
+        return f"a value of JSON type {error.validator_value!r}"
+    if v == "minimum":
+        return f"a number >= {error.validator_value}"
+    if v == "maximum":
+        return f"a number <= {error.validator_value}"
+    if v == "exclusiveMinimum":
+        return f"a number > {error.validator_value}"
+    if v == "minItems":
+        return f"a list with at least {error.validator_value} item(s)"
+    if v == "required":
+        return "an object with the keys " + ", ".join(repr(k) for k in error.validator_value)
+    if v == "anyOf":
+        kinds = []
+        for sub in error.validator_value:
+            t = sub.get("type")
+            kinds.append(t if isinstance(t, str) else "value")
+        return "one of the forms: " + " or ".join(dict.fromkeys(kinds))
+    if v == "additionalProperties" and "properties" in schema:
+        return "one of the known keys: " + ", ".join(sorted(schema["properties"]))
+    return error.message
+
+
+def _raise_schema_error(error: ValidationError, prefix: tuple[Any, ...] = ()) -> None:
+    path = prefix + tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in known)
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(
+                json_path(path + (key,)),
+                error.instance[key],
+                "no such key here; " + _describe_allowed(error),
+                detail=f"Unknown key {key!r}: hf_qat rejects keys it does not implement instead of ignoring them.",
+            )
+    raise ConfigError(json_path(path), error.instance, _describe_allowed(error))
+
+
+def _validate_against(schema: dict, instance: Any, prefix: tuple[Any, ...]) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    error = best_match(validator.iter_errors(instance))
+    if error is not None:
+        _raise_schema_error(error, prefix)
+
+
+def _get(d: dict, dotted: str) -> tuple[bool, Any]:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return False, None
+        cur = cur[part]
+    return True, cur
+
+
+def _check_scopes(value: Any, path: tuple[Any, ...]) -> None:
+    items = [value] if isinstance(value, str) else list(value or [])
+    for i, item in enumerate(items):
+        if item.startswith("{re}"):
+            try:
+                re.compile(item[4:])
+            except re.error as e:
+                p = path if isinstance(value, str) else path + (i,)
+                raise ConfigError(json_path(p), item, "a valid regular expression after the '{re}' prefix", str(e))
+
+
+def _validate_quantization_entry(entry: dict, prefix: tuple[Any, ...], config: dict) -> None:
+    _validate_against(QUANTIZATION_ALGO_SCHEMA, entry, prefix)
+    for dotted, (bad_value, reason) in UNSUPPORTED_KEYS.items():
+        found, value = _get(entry, dotted)
+        if found and (bad_value is None or value == bad_value):
+            raise ConfigError(
+                json_path(prefix + tuple(dotted.split("."))),
+                value,
+                "a key hf_qat implements" if bad_value is None else f"not {bad_value!r}",
+                detail=f"Not supported by hf_qat: {reason}",
+            )
+    init = entry.get("initializer", {}).get("range")
+    ranges = init if isinstance(init, list) else ([init] if init else [])
+    for i, r in enumerate(ranges):
+        p = prefix + ("initializer", "range") + ((i,) if isinstance(init, list) else ())
+        params = r.get("params", {})
+        lo, hi = params.get("min_percentile", 0.1), params.get("max_percentile", 99.9)
+        if lo >= hi:
+            raise ConfigError(json_path(p + ("params",)), params, "min_percentile < max_percentile")
+        for key in ("target_scopes", "ignored_scopes"):
+            if key in r:
+                _check_scopes(r[key], p + (key,))
+    for key in ("ignored_scopes", "target_scopes"):
+        if key in entry:
+            _check_scopes(entry[key], prefix + (key,))
+        for group in ("weights", "activations"):
+            if key in entry.get(group, {}):
+                _check_scopes(entry[group][key], prefix + (group, key))
+    for group, overrides in entry.get("scope_overrides", {}).items():
+        for scope in overrides:
+            _check_scopes(scope, prefix + ("scope_overrides", group, scope))
+    device = config.get("target_device", "ANY")
+    if device in ("NPU", "VPU") and "preset" in entry:
+        raise ConfigError(
+            json_path(prefix + ("preset",)),
+            entry["preset"],
+            "no preset for target_device NPU",
+            detail="NPU fixes the quantization modes itself; remove 'preset' or change 'target_device'.",
+        )
+
+
+def validate_config(config: dict) -> None:
+    """Validate an NNCF config dict.
+
+    Raises:
+        [`ConfigError`]: with the JSON path of the first problem, the value found and what is allowed.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError("$", type(config).__name__, "a JSON object (dict)")
+    _validate_against(NNCF_CONFIG_SCHEMA, config, ())
+    compression = config.get("compression", [])
+    entries = compression if isinstance(compression, list) else [compression]
+    quantization = 0
+    for i, entry in enumerate(entries):
+        prefix = ("compression", i) if isinstance(compression, list) else ("compression",)
+        if entry["algorithm"] != "quantization":
+            raise ConfigError(
+                json_path(prefix + ("algorithm",)),
+                entry["algorithm"],
+                "'quantization'",
+                detail="hf_qat implements quantization-aware training only (no sparsity, pruning or distillation).",
+            )
+        quantization += 1
+        _validate_quantization_entry(entry, prefix, config)
+    if quantization > 1:
+        raise ConfigError(json_path(("compression",)), compression, "at most one 'quantization' entry")
+
+
+class NNCFConfig(dict):
+    """An NNCF configuration: a validated ``dict`` plus registered non-JSON objects (data loaders).
+
+    Configs written for NNCF's legacy API load unchanged. Validation uses JSON schema
+    (:data:`hf_qat.core.schema.NNCF_CONFIG_SCHEMA`); keys hf_qat does not implement are rejected by
+    name. Defaults are *not* injected into the dict (as in NNCF): the code applies them.
+
+    Example:
+        ```python
+        >>> from hf_qat import NNCFConfig
+        >>> config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 128], "type": "long"},
+        ...                                "compression": {"algorithm": "quantization"}})
+        ```
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._extra_structs: dict[str, Any] = {}
+
+    @classmethod
+    def from_dict(cls, nncf_dict: dict) -> "NNCFConfig":
+        """Validate ``nncf_dict`` and return a deep copy of it as an `NNCFConfig`.
+
+        Raises:
+            [`ConfigError`]: if the dict is not a valid config.
+        """
+        validate_config(nncf_dict)
+        return cls(copy.deepcopy(nncf_dict))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "NNCFConfig":
+        """Read a JSON file and validate it (see `from_dict`).
+
+        Raises:
+            [`ConfigError`]: if the file is not valid JSON or not a valid config.
+            `FileNotFoundError`: if the file does not exist.
+        """
+        path = os.fspath(path)
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError("$", f"<{size} bytes in {path}>", f"a JSON file of at most {MAX_CONFIG_BYTES} bytes")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError("$", f"<{path}>", "valid JSON", f"Parse error at line {e.lineno} column {e.colno}: {e.msg}.")
+        return cls.from_dict(data)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the config (without the registered extra structs) as JSON, atomically."""
+        from ..utils.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(dict(self), indent=2, sort_keys=True) + "\n")
+
+    def __deepcopy__(self, memo: dict) -> "NNCFConfig":
+        new = NNCFConfig(copy.deepcopy(dict(self), memo))
+        new._extra_structs = dict(self._extra_structs)  # loaders are shared, not copied
+        return new
+
+    def copy(self) -> "NNCFConfig":  # type: ignore[override]
+        return copy.deepcopy(self)
+
+    # -- non-serialisable objects registered next to the config -------------------------------
+    def register_extra_structs(self, struct_list: Iterable[Any]) -> None:
+        """Register objects (e.g. calibration loaders) under their ``get_id()``."""
+        for struct in struct_list:
+            struct_id = struct.get_id()
+            if struct_id in self._extra_structs:
+                raise ValueError(f"An extra struct with id {struct_id!r} is already registered.")
+            self._extra_structs[struct_id] = struct
+
+    def get_extra_struct(self, struct_cls: type) -> Any:
+        return self._extra_structs[struct_cls.get_id()]
+
+    def has_extra_struct(self, struct_cls: type) -> bool:
+        return struct_cls.get_id() in self._extra_structs
+
+    def get_all_extra_structs(self) -> list[Any]:
+        return list(self._extra_structs.values())

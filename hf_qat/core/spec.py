@@ -1,0 +1,173 @@
+"""Framework-free quantizer specifications and the integer-grid arithmetic they imply.
+
+The formulas follow NNCF's legacy quantizers (``nncf/common/quantization/quantizers.py`` and the
+export helpers): every backend computes levels, ranges, scales and zero points through the
+functions here so that training and export use the same integer grid.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "QuantizationMode",
+    "QuantizerGroup",
+    "QuantizerSpec",
+    "calculate_levels",
+    "tune_range",
+    "export_levels",
+    "scale_zero_point",
+]
+
+
+class QuantizationMode(str, enum.Enum):
+    SYMMETRIC = "symmetric"
+    ASYMMETRIC = "asymmetric"
+
+
+class QuantizerGroup(str, enum.Enum):
+    WEIGHTS = "weights"
+    ACTIVATIONS = "activations"
+
+
+def calculate_levels(num_bits: int, signed: bool, narrow_range: bool, symmetric: bool) -> tuple[int, int]:
+    """Integer grid ``(level_low, level_high)`` of a quantizer.
+
+    Symmetric signed: ``[-2^(b-1), 2^(b-1)-1]``; symmetric unsigned and asymmetric: ``[0, 2^b-1]``.
+    ``narrow_range`` drops the lowest level when signed, the highest otherwise.
+    """
+    if not 1 <= num_bits <= 16:
+        raise ValueError(f"num_bits must be in [1, 16], got {num_bits}")
+    if symmetric and signed:
+        low, high = -(2 ** (num_bits - 1)), 2 ** (num_bits - 1) - 1
+    else:
+        low, high = 0, 2**num_bits - 1
+    if narrow_range:
+        if symmetric and signed:
+            low += 1
+        else:
+            high -= 1
+    return low, high
+
+
+@dataclass
+class QuantizerSpec:
+    """Everything that defines a quantizer except its learned range.
+
+    Field names and meaning follow NNCF's ``qspec`` in ``compression_state`` so that the spec
+    round-trips through :meth:`to_state` / :meth:`from_state` in NNCF's legacy layout.
+
+    Args:
+        num_bits (`int`): bit width of the integer grid (2-8 for QAT).
+        mode (`QuantizationMode`): symmetric (zero point 0) or asymmetric (learned zero point).
+        signedness_to_force (`bool`, *optional*): force signed/unsigned; ``None`` decides from statistics.
+        narrow_range (`bool`): drop one level (8-bit weights: ``[-127, 127]``).
+        half_range (`bool`): overflow fix: train on ``num_bits - 1`` bits, export on ``num_bits``.
+        scale_shape (`tuple[int, ...]`): shape of the scale tensor; a single dimension > 1 is the channel axis.
+        logarithm_scale (`bool`): kept for NNCF compatibility; always ``False`` in hf_qat.
+        is_quantized_on_export (`bool`): weights are stored as integers on export.
+        compression_lr_multiplier (`float`, *optional*): gradient multiplier of the range parameters.
+    """
+
+    num_bits: int = 8
+    mode: QuantizationMode = QuantizationMode.SYMMETRIC
+    signedness_to_force: bool | None = None
+    narrow_range: bool = False
+    half_range: bool = False
+    scale_shape: tuple[int, ...] = (1,)
+    logarithm_scale: bool = False
+    is_quantized_on_export: bool = False
+    compression_lr_multiplier: float | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = QuantizationMode(self.mode)
+        self.scale_shape = tuple(int(s) for s in self.scale_shape)
+        if not 2 <= self.num_bits <= 8:
+            raise ValueError(f"`num_bits` must be in [2, 8] for QAT, got {self.num_bits}")
+        if self.half_range and self.num_bits < 3:
+            raise ValueError("`half_range` needs at least 3 bits")
+
+    @property
+    def symmetric(self) -> bool:
+        return self.mode is QuantizationMode.SYMMETRIC
+
+    @property
+    def per_channel(self) -> bool:
+        return any(s > 1 for s in self.scale_shape)
+
+    @property
+    def channel_axis(self) -> int | None:
+        axes = [i for i, s in enumerate(self.scale_shape) if s > 1]
+        return axes[0] if axes else None
+
+    @property
+    def train_bits(self) -> int:
+        """Bits of the grid used while training (one less with ``half_range``)."""
+        return self.num_bits - 1 if self.half_range else self.num_bits
+
+    def levels(self, signed: bool) -> tuple[int, int]:
+        """``(level_low, level_high)`` of the training grid."""
+        return calculate_levels(self.train_bits, signed, self.narrow_range, self.symmetric)
+
+    def to_state(self) -> dict[str, Any]:
+        state = asdict(self)
+        state["mode"] = self.mode.value
+        state["scale_shape"] = list(self.scale_shape)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "QuantizerSpec":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(state) - known
+        if unknown:
+            raise ValueError(f"unknown qspec field(s): {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**state)
+
+
+def tune_range(input_low: float, input_range: float, levels: int) -> tuple[float, float]:
+    """Zero-point alignment of an asymmetric range (NNCF ``TuneRange``), on Python floats.
+
+    Widens the range minimally so that float 0 falls exactly on an integer level, keeping the side
+    that yields the wider range. Returns ``(input_low, input_range)``.
+    """
+    n = levels - 1
+    il = min(input_low, 0.0)
+    ih = max(input_low + input_range, 0.0)
+    if not ih - il > 0:
+        return il, ih - il
+    zp = round(-il * n / (ih - il))
+    il2 = zp / (zp - n) * ih if zp < n else il
+    ih2 = (zp - n) / zp * il if zp > 0 else ih
+    if ih - il2 > ih2 - il:
+        return il2, ih - il2
+    return il, ih2 - il
+
+
+def export_levels(spec: QuantizerSpec, signed: bool) -> tuple[int, int, float]:
+    """Integer grid used on export and the factor to apply to the trained range.
+
+    With ``half_range`` the trained (b-1)-bit grid is doubled to a b-bit grid with the same step:
+    ``ll' = 2*ll``, ``lh' = 2*lh + 1``, and the range upper bound is scaled by ``lh'/lh``.
+    Returns ``(level_low, level_high, range_factor)``.
+    """
+    ll, lh = spec.levels(signed)
+    if not spec.half_range:
+        return ll, lh, 1.0
+    ll2, lh2 = 2 * ll, 2 * lh + 1
+    return ll2, lh2, lh2 / lh
+
+
+def scale_zero_point(input_low: float, input_high: float, level_low: int, level_high: int) -> tuple[float, int]:
+    """ONNX ``QuantizeLinear`` scale and zero point of the range ``[input_low, input_high]``.
+
+    ``y_scale = (ih - il) / (lh - ll)``, ``y_zp = clamp(round((ll*ih - lh*il) / (ih - il)), ll, lh)``.
+    """
+    span = input_high - input_low
+    if not span > 0 or not math.isfinite(span):
+        raise ValueError(f"quantizer range must be finite and positive, got [{input_low}, {input_high}]")
+    y_scale = span / (level_high - level_low)
+    y_zp = round((level_low * input_high - level_high * input_low) / span)
+    return y_scale, int(min(max(y_zp, level_low), level_high))

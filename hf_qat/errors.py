@@ -1,0 +1,87 @@
+"""Every exception hf_qat raises on purpose.
+
+Each class subclasses the builtin a caller would naturally catch (``ValueError`` for bad
+input, ``RuntimeError`` for a model that cannot be processed) and keeps the context of the
+failure as attributes, so that callers and tests can inspect it without parsing messages.
+Messages say what was found, what was expected and what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = [
+    "HfQatError",
+    "ConfigError",
+    "ScopeError",
+    "NothingToQuantizeError",
+    "CalibrationError",
+    "CompressionStateError",
+    "DistributedError",
+]
+
+
+class HfQatError(Exception):
+    """Base class of every hf_qat error."""
+
+
+class ConfigError(HfQatError, ValueError):
+    """An NNCF config (or one of its values) is invalid.
+
+    Attributes:
+        path (`str`): JSON path of the offending value, e.g. ``$.compression.initializer.range.type``.
+        value (`Any`): the value that was found there.
+        allowed (`str`): a description of what is allowed at that path.
+    """
+
+    def __init__(self, path: str, value: Any, allowed: str, detail: str | None = None):
+        self.path = path
+        self.value = value
+        self.allowed = allowed
+        message = f"Invalid NNCF config at {path}: found {value!r}; expected {allowed}."
+        if detail:
+            message += f" {detail}"
+        super().__init__(message)
+
+
+class ScopeError(HfQatError, ValueError):
+    """A scope in ``ignored_scopes``/``target_scopes``/``scope_overrides`` matches nothing.
+
+    Attributes:
+        scope (`str`): the scope pattern as written in the config.
+        nearest (`list[str]`): the graph node names closest to it.
+    """
+
+    def __init__(self, scope: str, where: str, nearest: Sequence[str]):
+        self.scope = scope
+        self.where = where
+        self.nearest = list(nearest)
+        hint = "\n  ".join(self.nearest) if self.nearest else "(the model has no traced operations)"
+        super().__init__(
+            f"{where} entry {scope!r} matches no operation of the model. Nearest operation names:\n  {hint}\n"
+            "Fix the pattern (prefix it with '{re}' for a regular expression) or set "
+            '"validate_scopes": false to allow patterns that match nothing.'
+        )
+
+
+class NothingToQuantizeError(HfQatError, RuntimeError):
+    """The model has no quantizable operation left after applying the config's scopes."""
+
+    def __init__(self, reason: str, nearest: Sequence[str] = ()):
+        self.nearest = list(nearest)
+        message = f"Nothing to quantize: {reason}"
+        if self.nearest:
+            message += "\nOperations of the model include:\n  " + "\n  ".join(self.nearest)
+        super().__init__(message)
+
+
+class CalibrationError(HfQatError, RuntimeError):
+    """Calibration (range initialisation) could not run on the registered data."""
+
+
+class CompressionStateError(HfQatError, ValueError):
+    """A ``compression_state`` (or a checkpoint holding one) does not fit the model or is malformed."""
+
+
+class DistributedError(HfQatError, RuntimeError):
+    """Distributed QAT was asked for in a state where it cannot work."""

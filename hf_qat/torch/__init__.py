@@ -1,0 +1,26 @@
+"""PyTorch backend: quantizers, insertion, calibration, controller and checkpoints."""
+
+from .checkpoint import load_state
+from .controller import CompressionStage, QuantizationController
+from .init import (
+    BNAdaptationInitArgs,
+    InitializingDataLoader,
+    QuantizationRangeInitArgs,
+    register_default_init_args,
+)
+from .model_creation import create_compressed_model
+from .quantizers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer
+
+__all__ = [
+    "create_compressed_model",
+    "register_default_init_args",
+    "load_state",
+    "QuantizationController",
+    "CompressionStage",
+    "InitializingDataLoader",
+    "QuantizationRangeInitArgs",
+    "BNAdaptationInitArgs",
+    "BaseQuantizer",
+    "SymmetricQuantizer",
+    "AsymmetricQuantizer",
+]

@@ -1,0 +1,201 @@
+"""Fake-quantization autograd functions with NNCF's gradients.
+
+Forward (both modes), with ``step = (input_high - input_low) / (level_high - level_low)``::
+
+    out = clamp(round(x / step) + zp, level_low, level_high) - zp) * step
+
+Backward (NNCF legacy, ``quantize_functions.py``):
+
+- ``grad_x = g * 1[input_low <= x <= input_high]`` (clipped straight-through estimator);
+- range gradient per element, summed to the scale shape: inside the range ``g * (out - x) / input_range``,
+  above it ``g``, below it ``g * level_low / level_high``;
+- asymmetric ``grad_input_low = g`` outside the range, 0 inside; zero-point alignment (TuneRange)
+  is transparent to gradients.
+
+The element-wise work runs in one fused kernel per direction. The kernels are plain torch code;
+on large tensors they are compiled once with ``torch.compile`` (Inductor fuses forward into one
+loop and backward into one loop plus a reduction, about 10x faster than eager on CPU). Set
+``HF_QAT_COMPILE_KERNELS=0`` to always run them eagerly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+
+__all__ = ["fake_quantize_symmetric", "fake_quantize_asymmetric", "tune_range", "kernels_compiled"]
+
+logger = logging.getLogger(__name__)
+
+#: Tensors with fewer elements than this use the eager kernels (compiling would not pay off).
+COMPILE_MIN_NUMEL = int(os.environ.get("HF_QAT_COMPILE_MIN_NUMEL", 1 << 16))
+
+
+def _forward_kernel(x: torch.Tensor, inv_step: torch.Tensor, step: torch.Tensor, zp: torch.Tensor, ll: int, lh: int):
+    return (torch.clamp(torch.round(x * inv_step) + zp, ll, lh) - zp) * step
+
+
+def _backward_kernel(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    inv_step: torch.Tensor,
+    step: torch.Tensor,
+    zp: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    in_range_factor: torch.Tensor,
+    above: torch.Tensor,
+    below: torch.Tensor,
+    ll: int,
+    lh: int,
+    reduce_dims: list[int],
+    need_x: bool,
+):
+    """Returns ``(grad_x, grad_range, grad_outside)`` (``grad_x`` is ``None`` when not needed).
+
+    ``grad_range`` sums ``g * r`` with ``r = (out - x) * in_range_factor`` inside the range and
+    ``above``/``below`` outside; ``grad_outside`` sums ``g`` outside the range.
+    """
+    out = (torch.clamp(torch.round(x * inv_step) + zp, ll, lh) - zp) * step
+    inside = (x >= low) & (x <= high)
+    r = torch.where(inside, (out - x) * in_range_factor, torch.where(x > high, above, below))
+    grad_range = (g * r).sum(dim=reduce_dims, keepdim=True)
+    grad_outside = torch.where(inside, 0.0, g).sum(dim=reduce_dims, keepdim=True)
+    grad_x = torch.where(inside, g, 0.0) if need_x else None
+    return grad_x, grad_range, grad_outside
+
+
+_compile_failed = False
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str):
+    fn = {"forward": _forward_kernel, "backward": _backward_kernel}[name]
+    return torch.compile(fn, dynamic=True)
+
+
+def kernels_compiled() -> bool:
+    """Whether large tensors use the compiled kernels (``HF_QAT_COMPILE_KERNELS``, default on)."""
+    return os.environ.get("HF_QAT_COMPILE_KERNELS", "1") != "0" and not _compile_failed
+
+
+def _run(name: str, numel: int, *args):
+    global _compile_failed
+    eager = _forward_kernel if name == "forward" else _backward_kernel
+    if numel >= COMPILE_MIN_NUMEL and kernels_compiled() and not torch.jit.is_scripting() and not _is_exporting():
+        try:
+            return _compiled(name)(*args)
+        except Exception as e:  # no C++ compiler, unsupported platform...: fall back once, loudly
+            _compile_failed = True
+            logger.warning("hf_qat: compiling the fake-quantization kernels failed (%s); using eager kernels.", e)
+    return eager(*args)
+
+
+def _is_exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def _reduce_dims(x: torch.Tensor, param: torch.Tensor) -> list[int]:
+    """Dimensions of ``x`` summed to get a gradient of ``param``'s (broadcast) shape."""
+    shape = [1] * (x.dim() - param.dim()) + list(param.shape)
+    return [i for i, s in enumerate(shape) if s == 1]
+
+
+def _as_param_shape(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    return grad.reshape(param.shape).to(param.dtype)
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """Shared forward/backward; ``mode_symmetric`` selects which range parameters get gradients."""
+
+    @staticmethod
+    def forward(ctx, x, range_a, range_b, low, high, step, zp, ll: int, lh: int, symmetric: bool):
+        # range_a / range_b are the *raw* parameters (scale, or input_low / input_range) and only
+        # serve as gradient targets; low/high/step/zp are derived from them (detached).
+        xd = x.detach()
+        inv_step = 1.0 / step
+        out = _run("forward", x.numel(), xd, inv_step.to(x.dtype), step.to(x.dtype), zp.to(x.dtype), ll, lh)
+        ctx.save_for_backward(xd, range_a, range_b, low, high, step, zp)
+        ctx.levels = (ll, lh)
+        ctx.symmetric = symmetric
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, range_a, range_b, low, high, step, zp = ctx.saved_tensors
+        ll, lh = ctx.levels
+        dt = x.dtype
+        input_range = high - low
+        if ctx.symmetric:
+            # d/d(scale): inside (out - x)/input_range, above 1, below ll/lh.
+            in_factor, above, below = 1.0 / input_range, torch.ones_like(step), torch.full_like(step, ll / lh)
+        else:
+            # d/d(input_range): inside (out - x)/input_range, above 1, below 0.
+            in_factor, above, below = 1.0 / input_range, torch.ones_like(step), torch.zeros_like(step)
+        reduce_dims = _reduce_dims(x, range_a)
+        grad_x, grad_range, grad_outside = _run(
+            "backward",
+            x.numel(),
+            g.contiguous(),
+            x,
+            (1.0 / step).to(dt),
+            step.to(dt),
+            zp.to(dt),
+            low.to(dt),
+            high.to(dt),
+            in_factor.to(dt),
+            above.to(dt),
+            below.to(dt),
+            ll,
+            lh,
+            reduce_dims,
+            ctx.needs_input_grad[0],
+        )
+        if ctx.symmetric:
+            grad_scale = _as_param_shape(grad_range, range_a) * torch.where(range_a >= 0, 1.0, -1.0)
+            return grad_x, grad_scale, None, None, None, None, None, None, None, None
+        grad_low = _as_param_shape(grad_outside, range_a)
+        grad_rng = _as_param_shape(grad_range, range_b) * torch.where(range_b >= 0, 1.0, -1.0)
+        return grad_x, grad_low, grad_rng, None, None, None, None, None, None, None
+
+
+def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, level_low: int, level_high: int, eps: float = 1e-16):
+    """Symmetric fake quantization: range ``[scale * ll / lh, scale]`` on the grid ``[ll, lh]``.
+
+    ``scale`` broadcasts against ``x`` (shape ``[1]`` per tensor, ``[C, 1, ...]`` per channel); its
+    absolute value plus ``eps`` is used, as in NNCF.
+    """
+    s = (scale.detach().abs() + eps).to(torch.float32)
+    step = s / level_high
+    low = step * level_low
+    zp = torch.zeros_like(s)
+    return _FakeQuantize.apply(x, scale, scale, low, s, step, zp, level_low, level_high, True)
+
+
+def tune_range(input_low: torch.Tensor, input_range: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-point alignment of asymmetric ranges (element-wise; see :func:`hf_qat.core.spec.tune_range`)."""
+    n = levels - 1
+    il = torch.clamp(input_low, max=0.0)
+    ih = torch.clamp(input_low + input_range, min=0.0)
+    span = torch.clamp(ih - il, min=torch.finfo(il.dtype).tiny)
+    zp = torch.round(-il * n / span)
+    il2 = torch.where(zp < n, zp / (zp - n) * ih, il)
+    ih2 = torch.where(zp > 0, (zp - n) / torch.where(zp > 0, zp, 1.0) * il, ih)
+    use_low = (ih - il2) > (ih2 - il)
+    new_low = torch.where(use_low, il2, il)
+    new_range = torch.where(use_low, ih - il2, ih2 - il)
+    return new_low, new_range
+
+
+def fake_quantize_asymmetric(
+    x: torch.Tensor, input_low: torch.Tensor, input_range: torch.Tensor, level_low: int, level_high: int, eps: float = 1e-16
+):
+    """Asymmetric fake quantization of ``[input_low, input_low + |input_range| + eps]`` after zero-point alignment."""
+    levels = level_high - level_low + 1
+    il, ir = tune_range(input_low.detach().float(), input_range.detach().float().abs() + eps, levels)
+    step = ir / (level_high - level_low)
+    zp = torch.round(-il / step)
+    return _FakeQuantize.apply(x, input_low, input_range, il, il + ir, step, zp, level_low, level_high, False)

@@ -1,0 +1,195 @@
+"""``create_compressed_model``: config -> trace -> quantizer setup -> quantizers -> range init."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..core.algo_config import QuantizationSettings
+from ..core.config import NNCFConfig
+from ..core.state import parse_compression_state
+from ..errors import CalibrationError, ConfigError
+from .controller import QuantizationController
+from .init import (
+    BNAdaptationInitArgs,
+    QuantizationRangeInitArgs,
+    call_model,
+    model_device,
+    run_bn_adaptation,
+    run_range_init,
+)
+from .insertion import CONTAINER_NAME, apply_setup, build_quantizer_setup
+from .layers import unwrap_module
+from .tracing import trace_model
+
+__all__ = ["create_compressed_model", "example_forward_from_input_info", "is_compressed"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float": torch.float32,
+    "long": torch.long,
+    "int": torch.int32,
+    "bool": torch.bool,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "double": torch.float64,
+}
+
+
+def is_compressed(model: nn.Module) -> bool:
+    return hasattr(model, CONTAINER_NAME)
+
+
+def example_forward_from_input_info(input_info: Any, device: torch.device) -> Callable[[nn.Module], Any]:
+    """A forward function feeding tensors described by NNCF's ``input_info``."""
+    entries = input_info if isinstance(input_info, list) else [input_info]
+
+    def make(entry: dict) -> torch.Tensor:
+        shape = entry["sample_size"]
+        dtype = _DTYPES[entry.get("type", "float")]
+        filler = entry.get("filler", "ones" if not dtype.is_floating_point else "random")
+        if filler == "zeros":
+            return torch.zeros(shape, dtype=dtype, device=device)
+        if filler == "ones":
+            return torch.ones(shape, dtype=dtype, device=device)
+        if dtype.is_floating_point:
+            return torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
+        return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
+
+    def forward(model: nn.Module) -> Any:
+        args, kwargs = [], {}
+        for entry in entries:
+            if "keyword" in entry:
+                kwargs[entry["keyword"]] = make(entry)
+            else:
+                args.append(make(entry))
+        return model(*args, **kwargs)
+
+    return forward
+
+
+def _switch_to_eager_attention(model: nn.Module) -> str | None:
+    """Transformers models: use eager attention so that ``Q @ K^T`` and ``P @ V`` are visible ops.
+
+    Returns the previous implementation (to restore on failure), or ``None`` if nothing changed.
+    """
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current is None or current == "eager":
+        return None
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:  # pragma: no cover - older transformers
+        config._attn_implementation = "eager"
+    logger.info("hf_qat: switched attention from %r to 'eager' so that attention products can be quantized.", current)
+    return current
+
+
+def _undo(model: nn.Module, previous_attn: str | None) -> None:
+    for m in model.modules():
+        unwrap_module(m)
+    if hasattr(model, CONTAINER_NAME):
+        delattr(model, CONTAINER_NAME)
+    if previous_attn is not None:
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(previous_attn)
+        else:  # pragma: no cover
+            model.config._attn_implementation = previous_attn
+
+
+def create_compressed_model(
+    model: nn.Module,
+    config: NNCFConfig | dict,
+    compression_state: dict[str, Any] | None = None,
+    dummy_forward_fn: Callable[[nn.Module], Any] | None = None,
+    wrap_inputs_fn: Callable | None = None,
+    wrap_outputs_fn: Callable | None = None,
+    dump_graphs: bool = False,
+) -> tuple[QuantizationController, nn.Module]:
+    """Insert trainable fake quantizers into ``model`` (in place) as the config says.
+
+    The model keeps its class, forward signature and methods (``save_pretrained``, ``generate`` ...).
+    Without ``compression_state`` the model is traced once, quantization points are chosen, and
+    ranges are initialised from the calibration data registered with
+    [`register_default_init_args`]. With ``compression_state`` (from ``ctrl.get_compression_state()``)
+    the same quantizers are recreated without range init; load the checkpoint's ``state_dict``
+    afterwards to get identical outputs.
+
+    Args:
+        model (`torch.nn.Module`): the FP32 model, e.g. a transformers ``PreTrainedModel``.
+        config (`NNCFConfig` or `dict`): NNCF config with a ``quantization`` section.
+        compression_state (`dict`, *optional*): state saved from a controller.
+        dummy_forward_fn (`Callable[[nn.Module], Any]`, *optional*): runs the model on example inputs for tracing;
+            by default the first calibration batch or ``input_info`` is used.
+        wrap_inputs_fn, wrap_outputs_fn: accepted for NNCF compatibility; not needed (hf_qat tracks every input).
+        dump_graphs (`bool`): accepted for NNCF compatibility; hf_qat does not write graph files.
+
+    Returns:
+        `(QuantizationController, torch.nn.Module)`: the controller and the same model object, compressed.
+
+    Raises:
+        [`ConfigError`]: invalid config (nothing modified).
+        [`ScopeError`] / [`NothingToQuantizeError`]: scopes that match nothing, nothing to quantize (nothing modified).
+        [`CalibrationError`]: calibration batches that cannot be fed to the model.
+        [`CompressionStateError`]: a compression state that does not fit the model (nothing modified).
+    """
+    if not isinstance(config, NNCFConfig):
+        config = NNCFConfig.from_dict(config)
+    settings = QuantizationSettings.from_config(config)
+    if is_compressed(model):
+        raise ValueError("The model is already compressed by hf_qat; pass the original (FP32) model.")
+    setup = ctrl_state = None
+    if compression_state is not None:
+        setup, ctrl_state = parse_compression_state(compression_state)
+
+    range_args = config.get_extra_struct(QuantizationRangeInitArgs) if config.has_extra_struct(QuantizationRangeInitArgs) else None
+    bn_args = config.get_extra_struct(BNAdaptationInitArgs) if config.has_extra_struct(BNAdaptationInitArgs) else None
+    previous_attn = _switch_to_eager_attention(model)
+    try:
+        if setup is None:
+            forward = _example_forward(model, config, range_args, dummy_forward_fn)
+            trace = trace_model(model, forward)
+            setup = build_quantizer_setup(model, trace, settings)
+        quantizers, hooks = apply_setup(model, setup)
+        ctrl = QuantizationController(model, setup, quantizers, hooks, settings, config)
+        if ctrl_state is not None:
+            ctrl.load_state(ctrl_state)
+        else:
+            run_range_init(model, setup, quantizers, settings, range_args)
+            run_bn_adaptation(model, settings, bn_args)
+    except BaseException:
+        _undo(model, previous_attn)
+        raise
+    return ctrl, model
+
+
+def _example_forward(
+    model: nn.Module,
+    config: NNCFConfig,
+    range_args: QuantizationRangeInitArgs | None,
+    dummy_forward_fn: Callable[[nn.Module], Any] | None,
+) -> Callable[[nn.Module], Any]:
+    if dummy_forward_fn is not None:
+        return dummy_forward_fn
+    device = model_device(model)
+    if range_args is not None:
+        loader = range_args.data_loader
+        try:
+            batch = next(iter(loader))
+        except StopIteration:
+            raise CalibrationError("The calibration loader registered with register_default_init_args is empty.") from None
+        dev = torch.device(range_args.device) if range_args.device is not None else device
+        return lambda m: call_model(m, loader, batch, dev)
+    if "input_info" in config:
+        return example_forward_from_input_info(config["input_info"], device)
+    raise ConfigError(
+        "$.input_info",
+        None,
+        "an input description when no calibration data is registered",
+        detail="Register calibration data with hf_qat.register_default_init_args(config, loader), add "
+        "'input_info' to the config, or pass dummy_forward_fn.",
+    )

@@ -1,0 +1,184 @@
+"""Quantizers on the inputs of functional operations (``Q @ K^T``, ``P @ V``, fused attention).
+
+Activation-by-activation products are plain function calls, not modules, so they are reached with
+a ``TorchFunctionMode`` that is active only while a module owning such a quantization point runs
+(its descendants' own operations are skipped). Calls are counted per operation name within the
+owner, exactly like the tracer counts them, so the ``k``-th ``matmul`` of a module is the node
+``<scope>/matmul_<k>``.
+
+``scaled_dot_product_attention`` is decomposed into ``softmax(Q K^T * scale + mask) V`` so that
+the attention probabilities can be quantized too: ports 0, 1, 2 are query, key, value and port 3
+(:data:`SDPA_PROBS_PORT`) is the probabilities fed to the second product.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .quantizers import BaseQuantizer
+from .tracing import op_name
+
+__all__ = ["MATMUL_OPS", "SDPA_OP", "SDPA_PROBS_PORT", "OpHookManager", "quantized_sdpa"]
+
+MATMUL_OPS = frozenset({"matmul", "__matmul__", "bmm"})
+SDPA_OP = "scaled_dot_product_attention"
+SDPA_PROBS_PORT = 3
+
+
+def quantized_sdpa(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *, quantizers=None
+):
+    """``F.scaled_dot_product_attention`` written out, with optional quantizers per port."""
+    q = quantizers or {}
+    if 0 in q:
+        query = q[0](query)
+    if 1 in q:
+        key = q[1](key)
+    if 2 in q:
+        value = q[2](value)
+    L, S = query.size(-2), key.size(-2)
+    scale_factor = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    if enable_gqa:
+        rep = query.size(-3) // key.size(-3)
+        key = key.repeat_interleave(rep, dim=-3)
+        value = value.repeat_interleave(rep, dim=-3)
+    attn = torch.matmul(query, key.transpose(-2, -1)) * scale_factor
+    if is_causal:
+        causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril(diagonal=0)
+        attn = attn.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn = attn.masked_fill(~attn_mask, float("-inf"))
+        else:
+            attn = attn + attn_mask
+    attn = torch.softmax(attn, dim=-1)
+    if SDPA_PROBS_PORT in q:
+        attn = q[SDPA_PROBS_PORT](attn)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p, training=True)
+    return torch.matmul(attn, value)
+
+
+class _Frame:
+    __slots__ = ("module", "hooks", "counters")
+
+    def __init__(self, module: nn.Module, hooks: dict[tuple[str, int], dict[int, BaseQuantizer]] | None, counters):
+        self.module = module
+        self.hooks = hooks
+        self.counters = counters
+
+
+class _State(threading.local):
+    def __init__(self):
+        self.stack: list[_Frame] = []
+        self.mode: "_OpHookMode | None" = None
+
+
+class _OpHookMode(TorchFunctionMode):
+    def __init__(self, state: _State):
+        super().__init__()
+        self.state = state
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        stack = self.state.stack
+        frame = stack[-1] if stack else None
+        if frame is None or frame.hooks is None:
+            return func(*args, **kwargs)
+        name = op_name(func)
+        if name not in MATMUL_OPS and name != SDPA_OP:
+            return func(*args, **kwargs)
+        idx = frame.counters[name]
+        frame.counters[name] = idx + 1
+        ports = frame.hooks.get((name, idx))
+        if not ports:
+            return func(*args, **kwargs)
+        if name == SDPA_OP:
+            return quantized_sdpa(*args, **kwargs, quantizers=ports)
+        args = list(args)
+        for port, quantizer in ports.items():
+            args[port] = quantizer(args[port])
+        return func(*args, **kwargs)
+
+
+class OpHookManager:
+    """Installs and removes the forward hooks that activate operation-level quantizers."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.state = _State()
+        self.handles: list[Any] = []
+        self.owners: dict[nn.Module, dict[tuple[str, int], dict[int, BaseQuantizer]]] = {}
+        self.generation = 0
+        self._counters: dict[int, tuple[int, dict[str, int]]] = {}
+
+    def add(self, owner: nn.Module, op: str, index: int, port: int, quantizer: BaseQuantizer) -> None:
+        self.owners.setdefault(owner, {}).setdefault((op, index), {})[port] = quantizer
+
+    def install(self) -> None:
+        self.remove()
+        if not self.owners:
+            return
+        self.handles.append(self.model.register_forward_pre_hook(self._root_pre))
+        owned = set()
+        for owner in self.owners:
+            for m in owner.modules():
+                owned.add(m)
+        for m in owned:
+            if m in self.owners:
+                self.handles.append(m.register_forward_pre_hook(self._make_owner_pre(m)))
+            else:
+                self.handles.append(m.register_forward_pre_hook(self._suspend_pre))
+            self.handles.append(m.register_forward_hook(self._post, always_call=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _root_pre(self, module, args):
+        self.generation += 1  # call counters restart with every forward of the model
+
+    def _counters_for(self, owner: nn.Module) -> dict[str, int]:
+        gen, counters = self._counters.get(id(owner), (-1, None))
+        if gen != self.generation:
+            counters = defaultdict(int)
+            self._counters[id(owner)] = (self.generation, counters)
+        return counters
+
+    def _push(self, frame: _Frame) -> None:
+        st = self.state
+        st.stack.append(frame)
+        if st.mode is None:
+            st.mode = _OpHookMode(st)
+            st.mode.__enter__()
+
+    def _make_owner_pre(self, owner: nn.Module):
+        hooks = self.owners[owner]
+
+        def pre(module, args):
+            self._push(_Frame(module, hooks, self._counters_for(owner)))
+
+        return pre
+
+    def _suspend_pre(self, module, args):
+        if self.state.stack:
+            self._push(_Frame(module, None, None))
+
+    def _post(self, module, args, output):
+        st = self.state
+        if not st.stack or st.stack[-1].module is not module:
+            return  # this call pushed nothing (a descendant called outside its owner)
+        st.stack.pop()
+        if not st.stack and st.mode is not None:
+            mode, st.mode = st.mode, None
+            mode.__exit__(None, None, None)
