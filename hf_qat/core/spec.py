@@ -130,8 +130,10 @@ class QuantizerSpec:
 def tune_range(input_low: float, input_range: float, levels: int) -> tuple[float, float]:
     """Zero-point alignment of an asymmetric range (NNCF ``TuneRange``), on Python floats.
 
-    Widens the range minimally so that float 0 falls exactly on an integer level, keeping the side
-    that yields the wider range. Returns ``(input_low, input_range)``.
+    Moves one bound so that float 0 falls exactly on an integer level, keeping the candidate that
+    yields the wider range (NNCF's rule). Where the zero point rounds to an end of the grid only one
+    bound can move, and hf_qat moves it (NNCF keeps an unaligned range in that case).
+    Returns ``(input_low, input_range)``.
     """
     n = levels - 1
     il = min(input_low, 0.0)
@@ -139,8 +141,12 @@ def tune_range(input_low: float, input_range: float, levels: int) -> tuple[float
     if not ih - il > 0:
         return il, ih - il
     zp = round(-il * n / (ih - il))
-    il2 = zp / (zp - n) * ih if zp < n else il
-    ih2 = (zp - n) / zp * il if zp > 0 else ih
+    if zp >= n:  # only the upper bound can move: [il, 0]
+        return il, -il
+    if zp <= 0:  # only the lower bound can move: [0, ih]
+        return 0.0, ih
+    il2 = zp / (zp - n) * ih
+    ih2 = (zp - n) / zp * il
     if ih - il2 > ih2 - il:
         return il2, ih - il2
     return il, ih2 - il

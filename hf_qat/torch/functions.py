@@ -182,9 +182,10 @@ def tune_range(input_low: torch.Tensor, input_range: torch.Tensor, levels: int) 
     ih = torch.clamp(input_low + input_range, min=0.0)
     span = torch.clamp(ih - il, min=torch.finfo(il.dtype).tiny)
     zp = torch.round(-il * n / span)
-    il2 = torch.where(zp < n, zp / (zp - n) * ih, il)
+    il2 = torch.where(zp < n, zp / torch.where(zp < n, zp - n, -1.0) * ih, il)
     ih2 = torch.where(zp > 0, (zp - n) / torch.where(zp > 0, zp, 1.0) * il, ih)
-    use_low = (ih - il2) > (ih2 - il)
+    # both candidates aligned: keep the wider one; at the ends of the grid only one bound can move
+    use_low = torch.where((zp > 0) & (zp < n), (ih - il2) > (ih2 - il), zp <= 0)
     new_low = torch.where(use_low, il2, il)
     new_range = torch.where(use_low, ih - il2, ih2 - il)
     return new_low, new_range
