@@ -25,7 +25,7 @@ def test_tune_range_puts_zero_on_the_grid():
         step = rng / 255
         zp = -low / step
         assert abs(zp - round(zp)) < 1e-6
-        assert low <= min(il, 0) + 1e-9 and low + rng >= max(il + ir, 0) - 1e-9 or rng >= ir
+        assert low <= 0 <= low + rng and rng > 0
 
 
 def test_scale_zero_point():
