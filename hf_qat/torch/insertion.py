@@ -112,9 +112,10 @@ def build_quantizer_setup(model: nn.Module, trace: GraphTrace, settings: Quantiz
                 first_conv_done = first_conv_done or is_conv
                 spec.narrow_range = spec.num_bits == 8 and not spec.half_range
                 points.append(QuantizationPoint(TargetType.OPERATION_WITH_WEIGHTS, node.name, None, spec, [node.name]))
-            if kind.quantize_input and node.inputs and node.inputs[0][2]:
+            port_inputs = [(k, is_act) for p, k, is_act in node.inputs if p == kind.input_port]
+            if kind.quantize_input and port_inputs and port_inputs[0][1]:
                 aq_potential += 1
-                _add_activation(points, tensor_of, settings, trace, node.name, 0, node.inputs[0][1])
+                _add_activation(points, tensor_of, settings, trace, node.name, kind.input_port, port_inputs[0][0])
             continue
         # -- activation products -----------------------------------------------------------
         if node.op in MATMUL_OPS:
@@ -170,6 +171,11 @@ class QuantizationContainer(nn.Module):
         super().__init__()
         self.external_quantizers = nn.ModuleDict()
 
+    def forward(self, x):
+        """Identity: the container only holds state. (Defined so that ``nn.Sequential`` models, which
+        call every child in order, pass through it.)"""
+        return x
+
 
 def _resolve_module(model: nn.Module, node_name: str) -> tuple[nn.Module, str, int, str]:
     try:
@@ -221,8 +227,10 @@ def apply_setup(model: nn.Module, setup: QuantizerSetup) -> tuple[dict[str, Base
                         f"weight shape {list(module.weight.shape)} (expected {expected} with one channel axis)"
                     )
                     continue
-        elif kind is not None and op == kind.op_name and qp.input_port_id != 0:
-            problems.append(f"activation point {qp.quantizer_id!r}: layers are quantized at input port 0 only")
+        elif kind is not None and op == kind.op_name and qp.input_port_id != kind.input_port:
+            problems.append(
+                f"activation point {qp.quantizer_id!r}: a {type(module).__name__} is quantized at input port {kind.input_port} only"
+            )
             continue
         resolved[qp_id] = (module, op, idx, kind)
         if len(problems) >= 10:

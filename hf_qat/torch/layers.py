@@ -30,6 +30,7 @@ class LayerKind:
     channel_axis: int  # per-channel axis of the weight
     nncf_name: str  # class name in NNCF scopes
     quantize_input: bool  # whether the input is a float activation to quantize
+    input_port: int = 0  # port of the activation input in the traced operation
 
 
 def _linear_forward(self, x):
@@ -75,7 +76,7 @@ _register(LayerKind(nn.Embedding, "embedding", 0, "NNCFEmbedding", False), _embe
 try:  # transformers is optional for the bare API
     from transformers.pytorch_utils import Conv1D as _HFConv1D
 
-    _register(LayerKind(_HFConv1D, "addmm", 1, "NNCFUserConv1D", True), _conv1d_transformers_forward)
+    _register(LayerKind(_HFConv1D, "addmm", 1, "NNCFUserConv1D", True, input_port=1), _conv1d_transformers_forward)
 except ImportError:  # pragma: no cover
     pass
 

@@ -81,6 +81,12 @@ class _State(threading.local):
         self.stack: list[_Frame] = []
         self.mode: "_OpHookMode | None" = None
 
+    def __deepcopy__(self, memo):  # per-thread call state is never copied with a model
+        return _State()
+
+    def __reduce__(self):
+        return (_State, ())
+
 
 class _OpHookMode(TorchFunctionMode):
     def __init__(self, state: _State):
@@ -134,7 +140,7 @@ class OpHookManager:
                 owned.add(m)
         for m in owned:
             if m in self.owners:
-                self.handles.append(m.register_forward_pre_hook(self._make_owner_pre(m)))
+                self.handles.append(m.register_forward_pre_hook(self._owner_pre))
             else:
                 self.handles.append(m.register_forward_pre_hook(self._suspend_pre))
             self.handles.append(m.register_forward_hook(self._post, always_call=True))
@@ -162,13 +168,9 @@ class OpHookManager:
             st.mode = _OpHookMode(st)
             st.mode.__enter__()
 
-    def _make_owner_pre(self, owner: nn.Module):
-        hooks = self.owners[owner]
-
-        def pre(module, args):
-            self._push(_Frame(module, hooks, self._counters_for(owner)))
-
-        return pre
+    # Hooks are bound methods (no closures) so that ``copy.deepcopy(model)`` copies them with the manager.
+    def _owner_pre(self, module, args):
+        self._push(_Frame(module, self.owners[module], self._counters_for(module)))
 
     def _suspend_pre(self, module, args):
         if self.state.stack:

@@ -29,11 +29,29 @@ _NODE_RE = re.compile(r"^(?P<scope>.*)/(?P<op>[^/\[\]]+)_(?P<idx>\d+)$")
 _COMPONENT_RE = re.compile(r"^(?P<cls>[^\[\]]+)\[(?P<attr>[^\]]+)\]$")
 
 
+#: Tensor methods that Python operators dispatch to (``a + b`` arrives as ``Tensor.add``), named as
+#: NNCF names the operators.
+_OPERATOR_NAMES = {
+    "add": "__add__",
+    "sub": "__sub__",
+    "mul": "__mul__",
+    "div": "__truediv__",
+    "matmul": "__matmul__",
+    "pow": "__pow__",
+}
+
+
 def op_name(func: Callable) -> str | None:
-    """Name of a torch callable as NNCF writes it in node names, or ``None`` for untraced callables."""
+    """Name of a torch callable as NNCF writes it in node names, or ``None`` for untraced callables.
+
+    Tensor methods behind Python operators get NNCF's operator names (``__add__``, ``__mul__``,
+    ``__truediv__``, ``__matmul__`` ...); ``torch.add(...)`` and friends keep their plain names.
+    """
     name = getattr(func, "__name__", None)
     if name is None or name in _SKIPPED_OPS:
         return None
+    if name in _OPERATOR_NAMES and getattr(func, "__qualname__", "").startswith("TensorBase."):
+        return _OPERATOR_NAMES[name]
     return name
 
 

@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+from hf_qat.core.spec import QuantizerSpec
+from hf_qat.torch import functions
+from hf_qat.torch.functions import fake_quantize_asymmetric, fake_quantize_symmetric, tune_range
+from hf_qat.torch.quantizers import create_quantizer
+
+
+def ste_round(x):
+    return x + (torch.round(x) - x).detach()
+
+
+def reference_symmetric(x, scale, ll, lh):
+    """NNCF's formula with autograd through a straight-through round: the gradients of the reference."""
+    s = scale.abs() + 1e-16
+    lo, hi = s * ll / lh, s
+    rng = hi - lo
+    inside = (x >= lo) & (x <= hi)
+    out = torch.round(torch.clamp(x, lo.detach(), hi.detach()) * (lh / s.detach())) * (s.detach() / lh)
+    # gradients as the reference defines them
+    grad_scale_term = torch.where(inside, (out - x).detach() / rng.detach(), torch.where(x > hi, 1.0, ll / lh))
+    return out.detach() + (x - x.detach()) * inside + (s - s.detach()) * grad_scale_term
+
+
+@pytest.mark.parametrize("bits,signed,narrow", [(8, True, False), (8, True, True), (8, False, False), (4, True, False), (2, True, False)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_symmetric_forward_and_gradients_match_reference(bits, signed, narrow, per_channel):
+    torch.manual_seed(0)
+    spec = QuantizerSpec(num_bits=bits, narrow_range=narrow, signedness_to_force=signed, scale_shape=(4, 1) if per_channel else (1,))
+    ll, lh = spec.levels(signed)
+    x = (torch.randn(4, 300) * 2).requires_grad_()
+    scale = (torch.rand(spec.scale_shape) + 0.5).requires_grad_()
+    out = fake_quantize_symmetric(x, scale, ll, lh)
+    x2, scale2 = x.detach().clone().requires_grad_(), scale.detach().clone().requires_grad_()
+    ref = reference_symmetric(x2, scale2, ll, lh)
+    step = (scale.detach().abs() / lh).expand_as(x)
+    diff = (out - ref).abs()
+    assert (diff <= step * 1.001).all() and (diff > 1e-6).float().mean() < 1e-3
+    g = torch.randn_like(x)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(scale.grad, scale2.grad, rtol=1e-4, atol=1e-4)
+    # values lie on the integer grid
+    q = out.detach() / step
+    assert torch.allclose(q, q.round(), atol=1e-3) and q.min() >= ll - 1e-3 and q.max() <= lh + 1e-3
+
+
+def test_scale_gradient_outside_range_matches_finite_differences():
+    # Outside the range the output is the (clamped) bound itself: FD of the forward is exact there.
+    x = torch.tensor([5.0, 7.0, -6.0])
+    scale = torch.tensor([2.0], requires_grad=True)
+    out = fake_quantize_symmetric(x, scale, -128, 127)
+    out.sum().backward()
+    eps = 1e-3
+    fd = (fake_quantize_symmetric(x, scale.detach() + eps, -128, 127).sum() - fake_quantize_symmetric(x, scale.detach() - eps, -128, 127).sum()) / (2 * eps)
+    assert scale.grad.item() == pytest.approx(fd.item(), rel=1e-3)
+    assert scale.grad.item() == pytest.approx(1 + 1 - 128 / 127, rel=1e-6)
+
+
+def test_asymmetric_matches_reference_and_zero_is_exact():
+    torch.manual_seed(0)
+    x = (torch.randn(3, 500) + 0.3).requires_grad_()
+    low = torch.tensor([[-1.1], [-0.2], [0.3]], requires_grad=True)
+    rng = torch.tensor([[2.5], [1.0], [1.7]], requires_grad=True)
+    out = fake_quantize_asymmetric(x, low, rng, 0, 255)
+    il, ir = tune_range(low.detach(), rng.detach().abs() + 1e-16, 256)
+    step = ir / 255
+    zp = torch.round(-il / step)
+    ref = (torch.clamp(torch.round(x.detach() / step) + zp, 0, 255) - zp) * step
+    assert ((out - ref).abs() <= step * 1.001).all() and ((out - ref).abs() > 1e-6).float().mean() < 1e-3
+    assert (fake_quantize_asymmetric(torch.zeros(3, 1), low, rng, 0, 255) == 0).all()
+    g = torch.randn_like(x)
+    out.backward(g)
+    hi = il + ir
+    inside = (x.detach() >= il) & (x.detach() <= hi)
+    torch.testing.assert_close(x.grad, g * inside)
+    torch.testing.assert_close(low.grad, (g * ~inside).sum(1, keepdim=True))
+    exp_rng = torch.where(inside, (ref - x.detach()) / ir, (x.detach() > hi).float()) * g
+    torch.testing.assert_close(rng.grad, exp_rng.sum(1, keepdim=True), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_and_eager_kernels_agree(monkeypatch):
+    if not functions.kernels_compiled():
+        pytest.skip("compiled kernels disabled")
+    x = torch.randn(1 << 17, requires_grad=True)
+    scale = torch.tensor([1.5], requires_grad=True)
+    out_c = fake_quantize_symmetric(x, scale, -128, 127)
+    out_c.sum().backward()
+    gx_c, gs_c = x.grad.clone(), scale.grad.clone()
+    x.grad = scale.grad = None
+    monkeypatch.setattr(functions, "COMPILE_MIN_NUMEL", 1 << 40)
+    out_e = fake_quantize_symmetric(x, scale, -128, 127)
+    out_e.sum().backward()
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(gx_c, x.grad)
+    torch.testing.assert_close(gs_c, scale.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_quantizer_module_state_and_switches():
+    q = create_quantizer(QuantizerSpec(num_bits=8, scale_shape=(1,)))
+    assert set(q.state_dict()) == {"scale", "signed_tensor", "enabled", "_num_bits"}
+    x = torch.randn(10)
+    q.disable_quantization()
+    assert q(x) is x
+    q.enable_quantization()
+    assert not torch.equal(q(x), x)
+    a = create_quantizer(QuantizerSpec(mode="asymmetric", scale_shape=(1,)))
+    assert set(a.state_dict()) == {"input_low", "input_range", "enabled", "_num_bits"}
+
+
+def test_half_range_trains_on_seven_bits():
+    q = create_quantizer(QuantizerSpec(num_bits=8, half_range=True, scale_shape=(1,)))
+    assert q.levels() == (-64, 63)
+    out = q(torch.linspace(-1, 1, 1000))
+    assert out.unique().numel() <= 128
+
+
+def test_shared_quantizer_reuses_result_until_parameters_change():
+    q = create_quantizer(QuantizerSpec(scale_shape=(1,)), shared=True)
+    x = torch.randn(100)
+    y1 = q(x)
+    assert q(x) is y1
+    with torch.no_grad():
+        q.scale.mul_(0.5)
+    assert q(x) is not y1
