@@ -227,10 +227,13 @@ def test_gpt2_config_from_transformers4_era_names_a_missing_op():
 
 def test_scope_that_matches_nothing_lists_nearest_names():
     model = tiny_bert()
+    attn_before = model.config._attn_implementation
     with pytest.raises(ScopeError) as info:
         compress(model, text_batches(), ignored_scopes=["BertForSequenceClassification/NNCFLinear[clasifier]/linear_0"])
     assert any("classifier" in n for n in info.value.nearest)
-    assert not hasattr(model, "_hf_qat") and model.config._attn_implementation != "eager" or True
+    # nothing modified: no container, no swapped layer, attention implementation restored
+    assert not hasattr(model, "_hf_qat") and not any(is_wrapped(m) for m in model.modules())
+    assert model.config._attn_implementation == attn_before
 
 
 def test_nothing_to_quantize():
