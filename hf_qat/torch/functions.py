@@ -26,7 +26,14 @@ import os
 
 import torch
 
-__all__ = ["fake_quantize_symmetric", "fake_quantize_asymmetric", "tune_range", "kernels_compiled"]
+__all__ = [
+    "fake_quantize_symmetric",
+    "fake_quantize_asymmetric",
+    "symmetric_grid",
+    "asymmetric_grid",
+    "tune_range",
+    "kernels_compiled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +175,19 @@ def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, level_low: int
     ``scale`` broadcasts against ``x`` (shape ``[1]`` per tensor, ``[C, 1, ...]`` per channel); its
     absolute value plus ``eps`` is used, as in NNCF.
     """
+    low, high, step, zp = symmetric_grid(scale, level_low, level_high, eps)
+    return _FakeQuantize.apply(x, scale, scale, low, high, step, zp, level_low, level_high, True)
+
+
+def symmetric_grid(scale: torch.Tensor, level_low: int, level_high: int, eps: float = 1e-16):
+    """``(low, high, step, zero_point)`` of a symmetric quantizer (float32, detached, ``scale``'s shape).
+
+    Training (:func:`fake_quantize_symmetric`) and ONNX export both take the grid from here, so the
+    exported ``QuantizeLinear``/``DequantizeLinear`` scale is bit-identical to the trained step.
+    """
     s = (scale.detach().abs() + eps).to(torch.float32)
     step = s / level_high
-    low = step * level_low
-    zp = torch.zeros_like(s)
-    return _FakeQuantize.apply(x, scale, scale, low, s, step, zp, level_low, level_high, True)
+    return step * level_low, s, step, torch.zeros_like(s)
 
 
 def tune_range(input_low: torch.Tensor, input_range: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +210,15 @@ def fake_quantize_asymmetric(
     x: torch.Tensor, input_low: torch.Tensor, input_range: torch.Tensor, level_low: int, level_high: int, eps: float = 1e-16
 ):
     """Asymmetric fake quantization of ``[input_low, input_low + |input_range| + eps]`` after zero-point alignment."""
+    low, high, step, zp = asymmetric_grid(input_low, input_range, level_low, level_high, eps)
+    return _FakeQuantize.apply(x, input_low, input_range, low, high, step, zp, level_low, level_high, False)
+
+
+def asymmetric_grid(input_low: torch.Tensor, input_range: torch.Tensor, level_low: int, level_high: int, eps: float = 1e-16):
+    """``(low, high, step, zero_point)`` of an asymmetric quantizer after zero-point alignment
+    (float32, detached, the parameters' shape); see :func:`symmetric_grid`."""
     levels = level_high - level_low + 1
     il, ir = tune_range(input_low.detach().float(), input_range.detach().float().abs() + eps, levels)
     step = ir / (level_high - level_low)
     zp = torch.round(-il / step)
-    return _FakeQuantize.apply(x, input_low, input_range, il, il + ir, step, zp, level_low, level_high, False)
+    return il, il + ir, step, zp

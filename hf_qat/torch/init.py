@@ -268,11 +268,14 @@ def run_range_init(
         if isinstance(wq, BaseQuantizer) and wq._hf_qat_id in collectors:
             wq.collect_weight(m.weight, collectors[wq._hf_qat_id])
     # Activations: statistics from the calibration data.
+    skip_activations = args is None or settings.num_init_samples <= 0
     if activation_ids:
-        if args is None:
+        if skip_activations:
             logger.warning(
-                "No calibration data registered (hf_qat.register_default_init_args): %d activation quantizer(s) "
-                "keep their default range and are marked uninitialised.",
+                "%s: %d activation quantizer(s) keep their default range and are marked uninitialised.",
+                "No calibration data registered (hf_qat.register_default_init_args)"
+                if args is None
+                else "Range initialisation is disabled (num_init_samples: 0)",
                 len(activation_ids),
             )
         else:
@@ -304,7 +307,7 @@ def run_range_init(
         merge_fn(collectors)
     for qid, collector in collectors.items():
         q = quantizers[qid]
-        if qid in activation_ids and args is None:
+        if qid in activation_ids and skip_activations:
             continue
         if collector.num_batches == 0 or not collector.has_data:
             logger.warning("Quantizer %s saw no finite value during range init; it keeps a default range.", qid)

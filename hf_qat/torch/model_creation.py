@@ -25,7 +25,12 @@ from .insertion import CONTAINER_NAME, apply_setup, build_quantizer_setup
 from .layers import unwrap_module
 from .tracing import trace_model
 
-__all__ = ["create_compressed_model", "example_forward_from_input_info", "is_compressed"]
+__all__ = [
+    "create_compressed_model",
+    "example_forward_from_input_info",
+    "example_inputs_from_input_info",
+    "is_compressed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +49,8 @@ def is_compressed(model: nn.Module) -> bool:
     return hasattr(model, CONTAINER_NAME)
 
 
-def example_forward_from_input_info(input_info: Any, device: torch.device) -> Callable[[nn.Module], Any]:
-    """A forward function feeding tensors described by NNCF's ``input_info``."""
+def example_inputs_from_input_info(input_info: Any, device: torch.device | str = "cpu") -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of tensors described by NNCF's ``input_info`` (shapes, dtypes, fillers)."""
     entries = input_info if isinstance(input_info, list) else [input_info]
 
     def make(entry: dict) -> torch.Tensor:
@@ -60,13 +65,20 @@ def example_forward_from_input_info(input_info: Any, device: torch.device) -> Ca
             return torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
         return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
 
+    args, kwargs = [], {}
+    for entry in entries:
+        if "keyword" in entry:
+            kwargs[entry["keyword"]] = make(entry)
+        else:
+            args.append(make(entry))
+    return tuple(args), kwargs
+
+
+def example_forward_from_input_info(input_info: Any, device: torch.device) -> Callable[[nn.Module], Any]:
+    """A forward function feeding tensors described by NNCF's ``input_info``."""
+
     def forward(model: nn.Module) -> Any:
-        args, kwargs = [], {}
-        for entry in entries:
-            if "keyword" in entry:
-                kwargs[entry["keyword"]] = make(entry)
-            else:
-                args.append(make(entry))
+        args, kwargs = example_inputs_from_input_info(input_info, device)
         return model(*args, **kwargs)
 
     return forward

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.spec import QuantizerSpec
 from ..core.statistics import BatchStatistics, RangeCollector, asymmetric_range, symmetric_range
-from .functions import fake_quantize_asymmetric, fake_quantize_symmetric
+from .functions import asymmetric_grid, fake_quantize_asymmetric, fake_quantize_symmetric, symmetric_grid
 
 __all__ = ["BaseQuantizer", "SymmetricQuantizer", "AsymmetricQuantizer", "create_quantizer"]
 
@@ -77,6 +77,8 @@ class BaseQuantizer(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            _warn_plain_onnx_export()
         if self._collector is not None:
             self._collect(x)
             return x
@@ -117,9 +119,25 @@ class BaseQuantizer(nn.Module):
     def levels(self) -> tuple[int, int]:
         return self.spec.levels(self.signed)
 
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(low, high, step, zero_point)`` of the grid ``forward`` uses (float32, detached, ``scale_shape``)."""
+        raise NotImplementedError
+
     def input_low_high(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The quantization range ``(low, high)`` actually used by ``forward`` (after alignment)."""
-        raise NotImplementedError
+        low, high, _, _ = self.grid()
+        return low, high
+
+    def to_integers(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the integer grid, as int32 in ``[level_low, level_high]``.
+
+        ``(to_integers(x) - zero_point) * step`` equals ``forward(x)`` bit for bit (same float32 ops).
+        """
+        ll, lh = self.levels()
+        _, _, step, zp = self.grid()
+        inv_step = 1.0 / step
+        x = x.detach().float()
+        return torch.clamp(torch.round(x * inv_step) + zp, ll, lh).to(torch.int32)
 
     # -- range initialisation -----------------------------------------------------------------
     def start_collecting(self, collector: RangeCollector) -> None:
@@ -205,10 +223,9 @@ class SymmetricQuantizer(BaseQuantizer):
         ll, lh = self.levels()
         return fake_quantize_symmetric(x, scale, ll, lh)
 
-    def input_low_high(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         ll, lh = self.levels()
-        s = self.scale.detach().abs() + 1e-16
-        return s * ll / lh, s
+        return symmetric_grid(self.scale, ll, lh)
 
     def init_from_collector(self, collector: RangeCollector) -> None:
         lo, hi = collector.result()
@@ -241,12 +258,9 @@ class AsymmetricQuantizer(BaseQuantizer):
         ll, lh = self.levels()
         return fake_quantize_asymmetric(x, input_low, input_range, ll, lh)
 
-    def input_low_high(self) -> tuple[torch.Tensor, torch.Tensor]:
-        from .functions import tune_range
-
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         ll, lh = self.levels()
-        il, ir = tune_range(self.input_low.detach().float(), self.input_range.detach().float().abs() + 1e-16, lh - ll + 1)
-        return il, il + ir
+        return asymmetric_grid(self.input_low, self.input_range, ll, lh)
 
     def init_from_collector(self, collector: RangeCollector) -> None:
         lo, hi = collector.result()
@@ -256,6 +270,22 @@ class AsymmetricQuantizer(BaseQuantizer):
             self.input_range.copy_(torch.from_numpy(rng.astype(np.float32)).reshape(self.input_range.shape))
         self.initialized = True
         self._memo = None
+
+
+_warned_plain_export = False
+
+
+def _warn_plain_onnx_export() -> None:
+    global _warned_plain_export
+    if not _warned_plain_export:
+        _warned_plain_export = True
+        warnings.warn(
+            "torch.onnx.export of an hf_qat model writes fake quantization as float arithmetic with FP32 "
+            "weights. Use hf_qat.export_onnx(model, path) (or ctrl.export_model(path)) for INT8 weights and "
+            "QuantizeLinear/DequantizeLinear nodes.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def create_quantizer(spec: QuantizerSpec, shared: bool = False) -> BaseQuantizer:
