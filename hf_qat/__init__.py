@@ -17,6 +17,7 @@ from .errors import (
     CompressionStateError,
     ConfigError,
     DistributedError,
+    ExportError,
     HfQatError,
     NothingToQuantizeError,
     ScopeError,
@@ -26,12 +27,15 @@ from .errors import (
 from .torch import (
     BNAdaptationInitArgs,
     CompressionStage,
+    ExportResult,
     InitializingDataLoader,
     QuantizationController,
     QuantizationRangeInitArgs,
     create_compressed_model,
+    export_onnx,
     load_state,
     register_default_init_args,
+    verify_onnx,
 )
 
 __all__ = [
@@ -43,6 +47,10 @@ __all__ = [
     "create_compressed_model",
     "register_default_init_args",
     "load_state",
+    # ONNX export
+    "export_onnx",
+    "verify_onnx",
+    "ExportResult",
     "QuantizationController",
     "CompressionStage",
     "InitializingDataLoader",
@@ -56,4 +64,5 @@ __all__ = [
     "CalibrationError",
     "CompressionStateError",
     "DistributedError",
+    "ExportError",
 ]

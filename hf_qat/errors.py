@@ -18,6 +18,7 @@ __all__ = [
     "CalibrationError",
     "CompressionStateError",
     "DistributedError",
+    "ExportError",
 ]
 
 
@@ -85,3 +86,17 @@ class CompressionStateError(HfQatError, ValueError):
 
 class DistributedError(HfQatError, RuntimeError):
     """Distributed QAT was asked for in a state where it cannot work."""
+
+
+class ExportError(HfQatError, RuntimeError):
+    """A model could not be exported, or the exported file does not behave like the model.
+
+    Attributes:
+        module (`str`, *optional*): qualified name and class of the module where export failed.
+        op (`str`, *optional*): the operation the exporter could not represent.
+    """
+
+    def __init__(self, message: str, module: str | None = None, op: str | None = None):
+        self.module = module
+        self.op = op
+        super().__init__(message)

@@ -8,6 +8,8 @@ from .init import (
     QuantizationRangeInitArgs,
     register_default_init_args,
 )
+from .export import ExportResult, export_onnx
+from .export.verify import verify_onnx
 from .model_creation import create_compressed_model
 from .quantizers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer
 
@@ -15,6 +17,9 @@ __all__ = [
     "create_compressed_model",
     "register_default_init_args",
     "load_state",
+    "export_onnx",
+    "verify_onnx",
+    "ExportResult",
     "QuantizationController",
     "CompressionStage",
     "InitializingDataLoader",

@@ -199,6 +199,45 @@ class QuantizationController:
     def _spec_of(self, qid: str) -> dict[str, Any]:
         return self.quantizers[qid].spec.to_state()
 
+    # -- export ---------------------------------------------------------------------------
+    def export_model(
+        self,
+        save_path: str,
+        save_format: str | None = None,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        model_args: Any = None,
+        **kwargs: Any,
+    ):
+        """Export the compressed model to ONNX with INT8 weights and Q/DQ activations (NNCF's signature).
+
+        Args:
+            save_path: the ``.onnx`` file to write (atomically).
+            save_format: ``"onnx"`` (default) or ``"onnx_<opset>"``, e.g. ``"onnx_17"``.
+            input_names / output_names: override the names taken from the model.
+            model_args: example inputs, NNCF layout ``(a, b, {"x": x})`` or a dict of tensors;
+                default: the first calibration batch, ``input_info``, or the model's config.
+            **kwargs: passed to [`hf_qat.export_onnx`] (``verify``, ``runtimes``, ``dynamic_axes`` ...).
+
+        Returns:
+            [`ExportResult`]: path, exporter used, operator counts and verification reports.
+        """
+        import re
+
+        from .export import DEFAULT_OPSET, export_onnx
+
+        fmt = "onnx" if save_format is None else str(save_format)
+        match = re.fullmatch(r"onnx(?:_(\d+))?", fmt)
+        if match is None:
+            raise ValueError(
+                f"save_format {fmt!r} is not supported for PyTorch models: use 'onnx' or 'onnx_<opset>' (e.g. 'onnx_17')."
+            )
+        opset = int(match.group(1)) if match.group(1) else kwargs.pop("opset", DEFAULT_OPSET)
+        return export_onnx(
+            self._model, save_path, model_args, input_names=input_names, output_names=output_names,
+            opset=opset, config=self.config, **kwargs,
+        )
+
     # -- inference model --------------------------------------------------------------------
     def strip(self, do_copy: bool = True) -> nn.Module:
         """The model for inference: weights replaced by their quantized values, layers restored to

@@ -23,7 +23,7 @@ from ..core.scopes import matches_any, nearest_names
 from ..core.spec import QuantizerGroup, QuantizerSpec
 from ..core.state import QuantizationPoint, QuantizerSetup, TargetType
 from ..errors import CompressionStateError, NothingToQuantizeError, ScopeError
-from .layers import is_wrapped, layer_kind, wrap_module
+from .layers import layer_kind, wrap_module
 from .op_hooks import MATMUL_OPS, SDPA_OP, SDPA_PROBS_PORT, OpHookManager
 from .quantizers import BaseQuantizer, create_quantizer
 from .tracing import GraphTrace, parse_node_name

@@ -1,0 +1,30 @@
+"""Framework-neutral ONNX tooling: run exported files in ONNX Runtime / OpenVINO, summarise and verify them."""
+
+from .runtime import RUNTIMES, OnnxRunner, load_runner
+from .summary import OnnxSummary, summarize
+from .verify import (
+    MAX_TIE_FRACTION,
+    OutputComparison,
+    QuantizerComparison,
+    VerificationReport,
+    compare_outputs,
+    compare_quantized,
+    tap_activation_quantizers,
+    verify_outputs,
+)
+
+__all__ = [
+    "RUNTIMES",
+    "OnnxRunner",
+    "load_runner",
+    "OnnxSummary",
+    "summarize",
+    "MAX_TIE_FRACTION",
+    "OutputComparison",
+    "QuantizerComparison",
+    "compare_quantized",
+    "tap_activation_quantizers",
+    "VerificationReport",
+    "compare_outputs",
+    "verify_outputs",
+]
