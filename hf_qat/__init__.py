@@ -38,6 +38,22 @@ from .torch import (
     verify_onnx,
 )
 
+_LAZY = {
+    "QATTrainer": ".integrations.trainer",
+    "QATTrainingArguments": ".integrations.trainer",
+    "load_metric": ".integrations.metrics",
+}
+
+
+def __getattr__(name: str):
+    """Trainer integrations are imported on first use (they import transformers' Trainer)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'hf_qat' has no attribute {name!r}")
+
+
 __all__ = [
     # config and specs
     "NNCFConfig",
@@ -56,6 +72,10 @@ __all__ = [
     "InitializingDataLoader",
     "QuantizationRangeInitArgs",
     "BNAdaptationInitArgs",
+    # transformers Trainer
+    "QATTrainer",
+    "QATTrainingArguments",
+    "load_metric",
     # errors
     "HfQatError",
     "ConfigError",

@@ -125,3 +125,13 @@ class PlainSdpaNet(nn.Module):
 def quant_config(**algo) -> dict:
     algo.setdefault("initializer", {"range": {"num_init_samples": 8}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}})
     return {"compression": {"algorithm": "quantization", **algo}}
+
+
+def tiny_text_dataset(n: int = 48, seq: int = SEQ, seed: int = 0):
+    """A learnable toy task: the label says whether the first token is in the upper half of the vocabulary."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, seq), generator=g)
+    labels = (ids[:, 0] > VOCAB // 2).long()
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * seq] * n, "labels": labels.tolist()})

@@ -75,6 +75,16 @@ class BaseQuantizer(nn.Module):
         for p in self.parameters(recurse=False):
             self._lr_hooks.append(p.register_hook(lambda g, m=multiplier: g * m))
 
+    def clear_lr_multiplier(self) -> None:
+        """Stop scaling the range gradients by ``compression_lr_multiplier`` (NNCF's mechanism).
+
+        Trainers that apply the multiplier to the learning rate of a parameter group call this, so
+        it is not applied twice (scaling gradients is a no-op for Adam-type optimizers anyway).
+        """
+        for h in self._lr_hooks:
+            h.remove()
+        self._lr_hooks.clear()
+
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():

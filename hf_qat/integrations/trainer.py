@@ -1,0 +1,382 @@
+"""``QATTrainer``: quantization-aware training with ``transformers.Trainer``.
+
+The Trainer's loop is not copied: compression happens in :meth:`QATTrainer.train` before the
+loop builds the optimizer, the optimizer groups come from :meth:`create_optimizer`, distillation
+lives in :meth:`compute_loss`, the NNCF compression scheduler is a ``TrainerCallback``, and the
+QAT files are added to every save by :meth:`_save`. Everything else (gradient accumulation,
+evaluation, logging, checkpoint rotation, ``push_to_hub``) is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import EvalPrediction, get_last_checkpoint
+
+from ..core.config import NNCFConfig
+from ..errors import CompressionStateError, ConfigError
+from ..torch.controller import QuantizationController
+from ..torch.init import register_default_init_args
+from ..torch.model_creation import create_compressed_model, is_compressed
+from .quantization_config import COMPRESSION_STATE_NAME, quantization_config_dict, read_json_file, write_qat_files
+
+__all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback", "default_nncf_config"]
+
+logger = logging.getLogger(__name__)
+
+ONNX_NAME = "model.onnx"
+
+
+def default_nncf_config(num_init_samples: int = 128) -> dict[str, Any]:
+    """8-bit QAT as in NNCF's transformers configs: symmetric, per-channel weights, percentile ranges."""
+    return {
+        "compression": {
+            "algorithm": "quantization",
+            "initializer": {
+                "range": {
+                    "num_init_samples": num_init_samples,
+                    "type": "percentile",
+                    "params": {"min_percentile": 0.01, "max_percentile": 99.99},
+                },
+                "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
+            },
+        }
+    }
+
+
+@dataclass
+class QATTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus what QAT needs. Every ``TrainingArguments`` flag works as usual."""
+
+    nncf_config: dict | str | None = field(
+        default=None,
+        metadata={"help": "NNCF config: path to a JSON file, or a dict. Default: 8-bit symmetric, percentile ranges."},
+    )
+    num_calibration_samples: int | None = field(
+        default=None, metadata={"help": "Override the config's initializer.range.num_init_samples."}
+    )
+    export_onnx: bool = field(default=False, metadata={"help": "Export INT8 ONNX to <output_dir>/model.onnx after training."})
+    onnx_opset: int = field(default=18, metadata={"help": "ONNX opset of the export (>= 13)."})
+    evaluate_onnx: bool = field(
+        default=True, metadata={"help": "With export_onnx: evaluate the exported file in ONNX Runtime on the eval set."}
+    )
+    distillation_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the distillation loss from the FP32 model (0 disables; 1 = distillation only)."}
+    )
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation loss."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.distillation_weight <= 1.0:
+            raise ValueError(f"distillation_weight must be in [0, 1], got {self.distillation_weight}")
+        if self.distillation_temperature <= 0:
+            raise ValueError(f"distillation_temperature must be positive, got {self.distillation_temperature}")
+        if not 13 <= self.onnx_opset <= 21:
+            raise ValueError(f"onnx_opset must be between 13 and 21, got {self.onnx_opset}")
+
+
+class CompressionSchedulerCallback(TrainerCallback):
+    """Advances the NNCF compression scheduler: ``epoch_step()`` per epoch, ``step()`` per optimizer step."""
+
+    def __init__(self, ctrl: QuantizationController):
+        self.ctrl = ctrl
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.ctrl.scheduler.epoch_step(int(state.epoch or 0))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ctrl.scheduler.step(state.global_step)
+
+
+def _resolve_config(value: Any, num_calibration_samples: int | None) -> NNCFConfig:
+    if value is None:
+        config = NNCFConfig.from_dict(default_nncf_config())
+    elif isinstance(value, NNCFConfig):
+        config = copy.deepcopy(value)
+    elif isinstance(value, dict):
+        config = NNCFConfig.from_dict(value)
+    elif isinstance(value, (str, os.PathLike)):
+        if not os.path.isfile(value):
+            raise ConfigError("--nncf_config", str(value), "the path of an NNCF config JSON file")
+        config = NNCFConfig.from_json(value)
+    else:
+        raise ConfigError("--nncf_config", type(value).__name__, "a path, a dict or an NNCFConfig")
+    if num_calibration_samples is not None:
+        compression = config.get("compression")
+        entries = compression if isinstance(compression, list) else [compression]
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("algorithm") == "quantization":
+                rng = entry.setdefault("initializer", {}).setdefault("range", {})
+                for r in rng if isinstance(rng, list) else [rng]:
+                    r["num_init_samples"] = int(num_calibration_samples)
+        config = NNCFConfig.from_dict(dict(config))
+    return config
+
+
+class QATTrainer(Trainer):
+    """A ``transformers.Trainer`` that trains a quantized model.
+
+    The model is compressed once, at the start of :meth:`train` (before the optimizer exists), with
+    the NNCF config of ``args.nncf_config`` and the train dataloader (already collated) as
+    calibration data. Pass a model that is already compressed (``create_compressed_model``, or a
+    QAT checkpoint loaded with ``from_pretrained``) to continue training it.
+
+    Every checkpoint and ``save_model`` writes safetensors weights (quantizer parameters included),
+    ``config.json`` with ``quantization_config`` (``quant_method: "hf_qat"``), ``compression_state.json``
+    and ``nncf_config.json``; ``train(resume_from_checkpoint=...)`` rebuilds the quantizers from the
+    checkpoint's compression state, then the Trainer restores weights, optimizer, scheduler and RNG.
+
+    Args:
+        compression_ctrl: the controller of an already compressed model.
+        All other arguments are ``Trainer``'s.
+    """
+
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *a: Any, compression_ctrl: QuantizationController | None = None, **kw: Any):
+        if args is None:
+            args = QATTrainingArguments(output_dir="tmp_trainer")
+        if not isinstance(args, QATTrainingArguments):
+            raise TypeError(f"QATTrainer needs QATTrainingArguments, got {type(args).__name__}")
+        if model is not None and is_compressed(model) and compression_ctrl is None:
+            compression_ctrl = getattr(model, "_hf_qat_ctrl", None)
+            if compression_ctrl is None:
+                raise ValueError("The model is compressed but no controller was given: pass compression_ctrl=ctrl.")
+        self.compression_ctrl = compression_ctrl
+        self.nncf_config = compression_ctrl.config if compression_ctrl is not None else _resolve_config(args.nncf_config, args.num_calibration_samples)
+        self.teacher: nn.Module | None = None
+        if args.distillation_weight > 0 and model is not None:
+            if compression_ctrl is not None:
+                raise ValueError("Distillation needs the FP32 model as teacher: pass the uncompressed model to QATTrainer.")
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        super().__init__(model, args, *a, **kw)
+        self.onnx_result = None
+        if self.compression_ctrl is not None:
+            self._attach(self.compression_ctrl)
+
+    # -- compression ----------------------------------------------------------------------------
+    def _attach(self, ctrl: QuantizationController) -> None:
+        self.compression_ctrl = ctrl
+        self.model._hf_qat_ctrl = ctrl
+        self.add_callback(CompressionSchedulerCallback(ctrl))
+
+    def compress(self, compression_state: dict | None = None) -> QATTrainer:
+        """Compress ``self.model`` now (idempotent). Without ``compression_state`` the ranges are
+        initialised on batches of the train dataloader."""
+        if self.compression_ctrl is not None:
+            return self
+        config = copy.deepcopy(self.nncf_config)
+        if compression_state is None:
+            if self.train_dataset is None:
+                raise ValueError("QATTrainer needs a train_dataset to calibrate the quantizers (or a compression_state).")
+            config = register_default_init_args(config, self.get_train_dataloader())
+        ctrl, model = create_compressed_model(self.model, config, compression_state=compression_state)
+        self._attach(ctrl)
+        if self.teacher is not None:
+            self.teacher.to(self.args.device)
+        logger.info("hf_qat: model compressed\n%s", ctrl.statistics().to_str())
+        return self
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Compress (or rebuild the quantizers of a checkpoint), then run ``Trainer.train``."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint-* folder")
+        state = None
+        if resume_from_checkpoint:
+            state = check_checkpoint(resume_from_checkpoint)
+        if self.compression_ctrl is None:
+            self.compress(compression_state=state)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        if self.args.export_onnx:
+            self.export_onnx()
+            if self.args.evaluate_onnx and self.eval_dataset is not None:
+                self.log(self.evaluate_onnx())
+        return output
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        """Trainer's parameter groups, with the quantizer parameters in a group of their own: no
+        weight decay, learning rate times ``compression_lr_multiplier`` (default 1)."""
+        if self.optimizer is not None or self.compression_ctrl is None:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        opt_model = self.model if model is None else model
+        quantizer_params = {id(p) for q in self.compression_ctrl.quantizers.values() for p in q.parameters()}
+        multiplier = self.compression_ctrl.settings.compression_lr_multiplier or 1.0
+        for q in self.compression_ctrl.quantizers.values():
+            q.clear_lr_multiplier()  # the multiplier goes into the learning rate, not the gradients
+        decay = set(self.get_decay_parameter_names(opt_model))
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if id(p) not in quantizer_params and n in decay], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in named if id(p) not in quantizer_params and n not in decay], "weight_decay": 0.0},
+            {
+                "params": [p for n, p in named if id(p) in quantizer_params],
+                "weight_decay": 0.0,
+                "lr": self.args.learning_rate * multiplier,
+            },
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Task loss, plus (with ``distillation_weight > 0``) the temperature-scaled KL divergence
+        to the FP32 teacher's logits: ``(1 - w) * task + w * T^2 * KL(teacher || student)``."""
+        if self.teacher is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        with torch.no_grad():
+            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            teacher_logits = self.teacher(**teacher_inputs).logits
+        student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        t = self.args.distillation_temperature
+        kd = F.kl_div(
+            F.log_softmax(student_logits.reshape(-1, student_logits.shape[-1]) / t, dim=-1),
+            F.log_softmax(teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(student_logits.dtype) / t, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        ) * (t * t)
+        w = self.args.distillation_weight
+        loss = (1 - w) * loss + w * kd
+        return (loss, outputs) if return_outputs else loss
+
+    # -- saving -------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        ctrl = self.compression_ctrl
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        previous = getattr(config, "quantization_config", None) if config is not None else None
+        if ctrl is not None and config is not None:
+            config.quantization_config = quantization_config_dict(ctrl)
+        try:
+            super()._save(output_dir, state_dict=state_dict)
+        finally:
+            if config is not None and ctrl is not None:
+                if previous is None:
+                    del config.quantization_config
+                else:
+                    config.quantization_config = previous
+        if ctrl is not None and self.args.should_save:
+            write_qat_files(output_dir, ctrl)
+
+    # -- ONNX -----------------------------------------------------------------------------------------
+    def export_onnx(self, path: str | os.PathLike | None = None, **kwargs: Any):
+        """Export the trained model to INT8 ONNX (default ``<output_dir>/model.onnx``) on the main
+        process; example inputs come from one eval (or train) batch. Returns the ``ExportResult``."""
+        from ..torch.export import export_onnx
+
+        if self.compression_ctrl is None:
+            raise ValueError("Nothing to export yet: train() (or compress()) first.")
+        path = Path(path) if path is not None else Path(self.args.output_dir) / ONNX_NAME
+        if not self.args.should_save:
+            return None
+        loader = self.get_eval_dataloader() if self.eval_dataset is not None else self.get_train_dataloader()
+        batch = next(iter(loader))
+        example = {k: v.detach() for k, v in batch.items() if k not in ("labels", "label", "label_ids") and isinstance(v, torch.Tensor)}
+        model = self.accelerator.unwrap_model(self.model)
+        kwargs.setdefault("opset", self.args.onnx_opset)
+        self.onnx_result = export_onnx(model, path, example, **kwargs)
+        logger.info("hf_qat: %s", self.onnx_result)
+        return self.onnx_result
+
+    def evaluate_onnx(self, path: str | os.PathLike | None = None, eval_dataset=None, metric_key_prefix: str = "onnx") -> dict[str, float]:
+        """Evaluate an exported ONNX file in ONNX Runtime on the eval set with ``compute_metrics``:
+        the metric of what is deployed. Returns ``{"onnx_loss": ..., "onnx_<metric>": ...}``."""
+        from ..onnx.runtime import OnnxRunner
+
+        path = Path(path) if path is not None else (self.onnx_result.path if self.onnx_result else Path(self.args.output_dir) / ONNX_NAME)
+        runner = OnnxRunner(path)
+        loader = self.get_eval_dataloader(eval_dataset)
+        model = self.accelerator.unwrap_model(self.model)
+        all_logits, all_labels, losses, counts = [], [], [], []
+        for batch in loader:
+            feed = {n: batch[n].detach().cpu().numpy() for n in runner.input_names}
+            logits = runner(feed)[runner.output_names[0]]
+            labels = batch.get("labels")
+            if labels is not None:
+                labels = labels.detach().cpu()
+                loss, n = _task_loss(model, torch.from_numpy(logits), labels)
+                losses.append(loss * n)
+                counts.append(n)
+                all_labels.append(labels.numpy())
+            all_logits.append(logits)
+        metrics: dict[str, float] = {}
+        if counts:
+            metrics[f"{metric_key_prefix}_loss"] = float(sum(losses) / max(sum(counts), 1))
+        if self.compute_metrics is not None and all_labels:
+            predictions = _concat_padded(all_logits)
+            label_ids = _concat_padded(all_labels, pad=-100)
+            for k, v in self.compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)).items():
+                metrics[f"{metric_key_prefix}_{k}"] = v
+        return metrics
+
+
+def _concat_padded(arrays: list[np.ndarray], pad: float = -100) -> np.ndarray:
+    """Concatenate batches along axis 0, padding axis 1 (sequence) to the longest batch."""
+    if not arrays:
+        return np.zeros((0,))
+    if arrays[0].ndim < 2 or len({a.shape[1] for a in arrays}) == 1:
+        return np.concatenate(arrays)
+    longest = max(a.shape[1] for a in arrays)
+    out = []
+    for a in arrays:
+        width = [(0, 0)] * a.ndim
+        width[1] = (0, longest - a.shape[1])
+        out.append(np.pad(a, width, constant_values=pad))
+    return np.concatenate(out)
+
+
+def _task_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Mean loss of ONNX logits against labels, and the number of labelled items it averages."""
+    config = getattr(model, "config", None)
+    if logits.dim() == 3 and labels.dim() == 2 and getattr(config, "is_decoder", False) or (
+        logits.dim() == 3 and type(model).__name__.endswith("ForCausalLM") or type(model).__name__.endswith("LMHeadModel")
+    ):
+        shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+        n = int((shift_labels != -100).sum())
+        return float(F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="mean")) if n else 0.0, n
+    if logits.dim() == 3:  # token classification
+        flat = labels.reshape(-1)
+        n = int((flat != -100).sum())
+        return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-100)) if n else 0.0, n
+    if getattr(config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
+        return float(F.mse_loss(logits.squeeze(-1), labels.float())), len(labels)
+    return float(F.cross_entropy(logits, labels)), len(labels)
+
+
+def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Validate a QAT checkpoint folder before anything is trained or written; return its compression state.
+
+    Raises:
+        [`CompressionStateError`]: missing folder, weights or compression state, or malformed JSON.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CompressionStateError(f"resume_from_checkpoint: {path} is not a directory")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
+        raise CompressionStateError(
+            f"resume_from_checkpoint: {path} holds no model.safetensors; expected a checkpoint written by QATTrainer"
+        )
+    if not os.path.isfile(os.path.join(path, COMPRESSION_STATE_NAME)):
+        raise CompressionStateError(
+            f"resume_from_checkpoint: {path} has no {COMPRESSION_STATE_NAME}; it was not written by QATTrainer "
+            "(an FP32 checkpoint cannot resume QAT: start a new run from it with --model_name instead)"
+        )
+    state = read_json_file(os.path.join(path, COMPRESSION_STATE_NAME), "resume_from_checkpoint")
+    if not isinstance(state, dict) or "builder_state" not in state:
+        raise CompressionStateError(
+            f"resume_from_checkpoint: {os.path.join(path, COMPRESSION_STATE_NAME)} is not an NNCF compression state "
+            "(expected an object with 'builder_state' and 'ctrl_state')"
+        )
+    return state
