@@ -28,7 +28,7 @@ from ...errors import ExportError
 from ..insertion import CONTAINER_NAME
 from ..layers import is_wrapped, layer_kind
 from ..quantizers import BaseQuantizer
-from .qdq import QDQParams, dequantize, qdq_params, quantize_dequantize
+from .qdq import QDQParams, dequantize, qdq_params, quantize
 
 __all__ = ["ExportPlan", "onnx_export_mode", "model_quantizers"]
 
@@ -68,21 +68,28 @@ def model_quantizers(model: nn.Module) -> tuple[dict[str, BaseQuantizer], dict[s
 
 
 class _ActivationForward:
-    """Export-mode ``forward`` of an activation quantizer (memoised for shared quantizers)."""
+    """Export-mode ``forward`` of an activation quantizer.
+
+    A quantizer shared by several consumers of one tensor (query/key/value inputs) emits one
+    ``QuantizeLinear`` and one ``DequantizeLinear`` per consumer: ONNX Runtime fuses a
+    ``DequantizeLinear`` into an integer ``MatMul`` only when that product is its sole consumer.
+    """
 
     def __init__(self, quantizer: BaseQuantizer, qid: str, plan: ExportPlan, clip: bool):
         self.q, self.qid, self.plan, self.clip = quantizer, qid, plan, clip
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.last is not None and self.last[0] is x:
-            return self.last[1]
         q = self.q
-        clip = (q.onnx_clip_low, q.onnx_clip_high) if self.clip else None
-        out = quantize_dequantize(x, q.onnx_scale, q.onnx_zero_point, q.onnx_axis, clip)
+        scale = q.onnx_scale.to(x.dtype) if x.dtype != q.onnx_scale.dtype else q.onnx_scale
+        if self.last is not None and self.last[0] is x:
+            ints = self.last[1]
+        else:
+            clip = (q.onnx_clip_low, q.onnx_clip_high) if self.clip else None
+            ints = quantize(x, scale, q.onnx_zero_point, q.onnx_axis, clip)
+            self.last = (x, ints)
         self.plan.emitted_activations.add(self.qid)
-        self.last = (x, out)
-        return out
+        return dequantize(ints, scale, q.onnx_zero_point, q.onnx_axis)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

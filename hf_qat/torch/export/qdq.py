@@ -27,7 +27,7 @@ import torch
 
 from ..quantizers import BaseQuantizer
 
-__all__ = ["QDQParams", "qdq_params", "emitting_for", "quantize_dequantize", "dequantize", "EXPORTERS"]
+__all__ = ["QDQParams", "qdq_params", "emitting_for", "quantize", "quantize_dequantize", "dequantize", "EXPORTERS"]
 
 EXPORTERS = ("dynamo", "torchscript")
 _STORAGE_RANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
@@ -197,14 +197,14 @@ def _clip(q: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tenso
     return torch.clamp(q.to(torch.int32), int(low), int(high)).to(q.dtype)
 
 
-def quantize_dequantize(
+def quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
     axis: int | None,
     clip: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``QuantizeLinear → [Clip →] DequantizeLinear`` of an activation.
+    """``QuantizeLinear → [Clip]`` of an activation: the integer tensor.
 
     ``clip`` holds the grid bounds (0-d tensors of the zero point's dtype) when the trained grid is
     narrower than the storage type.
@@ -214,4 +214,16 @@ def quantize_dequantize(
     q = _quantize(x, scale, zero_point, axis)
     if clip is not None:
         q = _clip(q, clip[0], clip[1])
-    return dequantize(q, scale, zero_point, axis)
+    return q
+
+
+def quantize_dequantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    axis: int | None,
+    clip: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``QuantizeLinear → [Clip →] DequantizeLinear`` of an activation (see :func:`quantize`)."""
+    scale = scale.to(x.dtype) if x.dtype != scale.dtype else scale
+    return dequantize(quantize(x, scale, zero_point, axis, clip), scale, zero_point, axis)
