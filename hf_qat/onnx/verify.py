@@ -271,11 +271,18 @@ def compare_quantized(
 def tap_activation_quantizers(model: onnx.ModelProto, ids: Sequence[str]) -> tuple[bytes, dict[str, str]]:
     """A copy of ``model`` that also outputs every activation ``DequantizeLinear`` it can attribute.
 
-    A ``QuantizeLinear → [Clip →] DequantizeLinear`` chain is attributed to the longest id in
-    ``ids`` that occurs in the ``QuantizeLinear`` node's name or scale input name (exporters derive
-    both from the quantizer's module path). Returns the serialized copy and ``{output: id}``.
+    A ``QuantizeLinear → [Clip →] DequantizeLinear`` chain is attributed through the node's name or
+    scale input name: ``aq<i>`` indexes the ids listed in the model metadata
+    (``hf_qat.activation_quantizer_ids``, written by hf_qat's exporter); without that list, the
+    longest id in ``ids`` occurring in those names. Returns the serialized copy and ``{output: id}``.
     """
+    import json
+    import re
+
     graph = model.graph
+    listed = next((p.value for p in model.metadata_props if p.key == "hf_qat.activation_quantizer_ids"), None)
+    short_ids = json.loads(listed) if listed else None
+    short_pattern = re.compile(r"(?<![\w])aq(\d+)(?!\d)")
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -287,7 +294,12 @@ def tap_activation_quantizers(model: onnx.ModelProto, ids: Sequence[str]) -> tup
         if node.op_type != "QuantizeLinear":
             continue
         haystack = node.name + " " + (node.input[1] if len(node.input) > 1 else "")
-        qid = next((i for i in by_length if i in haystack), None)
+        if short_ids is not None:  # names shortened on export: aq<i> indexes the listed ids
+            m = short_pattern.search(haystack)
+            qid = short_ids[int(m.group(1))] if m and int(m.group(1)) < len(short_ids) else None
+            qid = qid if qid in ids else None
+        else:
+            qid = next((i for i in by_length if i in haystack), None)
         if qid is None:
             continue
         nxt = consumers.get(node.output[0], [])

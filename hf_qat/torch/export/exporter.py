@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -361,6 +362,42 @@ def _split_shared_quantizers(proto: onnx.ModelProto) -> int:
     return added
 
 
+#: Model metadata key listing the activation quantizer ids; graph names refer to them as ``aq<i>``.
+QUANTIZER_IDS_KEY = "hf_qat.activation_quantizer_ids"
+
+
+def _shorten_quantizer_names(proto: onnx.ModelProto, qids: Sequence[str]) -> None:
+    """Replace activation quantizer ids (long NNCF scope paths) in graph names by ``aq<i>``.
+
+    Exporters name initializers and nodes after module paths, which for quantizers are whole NNCF
+    scopes; on small models the names outweighed the weights. The ids are listed once in the
+    model metadata (:data:`QUANTIZER_IDS_KEY`), so ``aq<i>`` stays traceable to its quantizer.
+    """
+    order = sorted(range(len(qids)), key=lambda i: len(qids[i]), reverse=True)
+    prefix = "model._hf_qat.external_quantizers."
+
+    def short(name: str) -> str:
+        if not name:
+            return name
+        for i in order:
+            if qids[i] in name:
+                name = name.replace(prefix + qids[i], f"aq{i}").replace(qids[i], f"aq{i}")
+        return name
+
+    graph = proto.graph
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for node in graph.node:
+        node.name = short(node.name)
+        for i, n in enumerate(node.input):
+            node.input[i] = short(n)
+        for i, n in enumerate(node.output):
+            node.output[i] = short(n)
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        vi.name = short(vi.name)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, QUANTIZER_IDS_KEY: json.dumps(list(qids))})
+
+
 def _write(proto: onnx.ModelProto, path: Path) -> int:
     """Write atomically; models above the protobuf limit keep their weights in ``<name>.data``."""
     size = proto.ByteSize()
@@ -476,15 +513,20 @@ def export_onnx(
                 proto, used, fallback_reason = _run_exporters(wrapper, sig, opset, exporter, output_axes, tracker, plan)
                 num_weights = len(plan.emitted_weights)
                 num_activations = len(plan.emitted_activations)
+                activation_ids = list(plan.activation_quantizers)
         finally:
             tracker.remove()
     finally:
         model.train(was_training)
 
     _name_dynamic_dims(proto, sig, output_axes)
-    for node in proto.graph.node:  # exporter debug info (stack traces, FX nodes): not needed to run
-        del node.metadata_props[:]
+    graph = proto.graph  # exporter debug info (stack traces, FX node names): not needed to run
+    for items in (graph.node, graph.value_info, graph.input, graph.output, graph.initializer):
+        for item in items:
+            del item.metadata_props[:]
+    del graph.metadata_props[:]
     _split_shared_quantizers(proto)
+    _shorten_quantizer_names(proto, list(activation_ids))
     summary = summarize(proto)
     if summary.custom_domains:
         raise ExportError(f"the exported graph uses non-standard operator domains {sorted(summary.custom_domains)}")
@@ -495,6 +537,7 @@ def export_onnx(
     onnx.helper.set_model_props(
         proto,
         {
+            **{p.key: p.value for p in proto.metadata_props},
             "hf_qat.quantized": str(bool(quantized and (num_weights or num_activations))).lower(),
             "hf_qat.weight_quantizers": str(num_weights),
             "hf_qat.activation_quantizers": str(num_activations),
