@@ -322,6 +322,23 @@ class QATTrainer(Trainer):
         return metrics
 
 
+def token_level_loss(model: nn.Module, loader) -> float:
+    """Mean loss of a PyTorch model over a loader, computed as :meth:`QATTrainer.evaluate_onnx` does
+    (per labelled item; for causal LMs per *predicted* token), so both can be compared."""
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in loader:
+            labels = batch.get("labels")
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits.float().cpu()
+            loss, n = _task_loss(model, logits, labels.cpu())
+            total += loss * n
+            count += n
+    return total / max(count, 1)
+
+
 def _concat_padded(arrays: list[np.ndarray], pad: float = -100) -> np.ndarray:
     """Concatenate batches along axis 0, padding axis 1 (sequence) to the longest batch."""
     if not arrays:
@@ -337,12 +354,20 @@ def _concat_padded(arrays: list[np.ndarray], pad: float = -100) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _is_causal_lm(model: nn.Module) -> bool:
+    name = type(model).__name__
+    return name.endswith("ForCausalLM") or name.endswith("LMHeadModel") or bool(getattr(getattr(model, "config", None), "is_decoder", False))
+
+
 def _task_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Mean loss of ONNX logits against labels, and the number of labelled items it averages."""
+    """Mean loss of logits against labels, and the number of labelled items it averages.
+
+    Causal LMs: cross-entropy of each next-token prediction (labels shifted by one), averaged over
+    the predicted tokens. (Trainer's ``eval_loss`` divides the same sum by the unshifted token
+    count, which reads ``(S-1)/S`` low.)
+    """
     config = getattr(model, "config", None)
-    if logits.dim() == 3 and labels.dim() == 2 and getattr(config, "is_decoder", False) or (
-        logits.dim() == 3 and type(model).__name__.endswith("ForCausalLM") or type(model).__name__.endswith("LMHeadModel")
-    ):
+    if logits.dim() == 3 and labels.dim() == 2 and _is_causal_lm(model):
         shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
         n = int((shift_labels != -100).sum())
         return float(F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="mean")) if n else 0.0, n

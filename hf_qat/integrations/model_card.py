@@ -1,0 +1,95 @@
+"""Model cards of QAT models, rendered with ``huggingface_hub.ModelCard`` from ``model_cards/``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TEMPLATE_NAME", "template_path", "render_model_card", "write_model_card"]
+
+TEMPLATE_NAME = "hf_qat_model_card.md"
+_AUTO_CLASSES = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "image-classification": "AutoModelForImageClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+_PIPELINE_TAGS = {"causal-lm": "text-generation"}
+
+
+def template_path() -> Path:
+    """The card template: ``model_cards/hf_qat_model_card.md`` of the hf_qat checkout."""
+    path = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"model card template not found at {path}; hf_qat must be installed from its repository")
+    return path
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str, dataset: str | None = None, repo_id: str | None = None):
+    """A ``ModelCard`` for a QAT model: metadata (base model, relation, tags, model-index) and body."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from .quantization_config import quantization_scheme
+
+    task = results["task"]
+    metric = results["metric"]
+    values = results["values"]
+    base_is_hub_id = not os.path.isabs(base_model) and not os.path.exists(base_model)
+    repo_id = repo_id or f"<user>/{Path(base_model).name}-hf-qat-int8"
+    eval_results = []
+    for name, key in (("FP32", "fp32"), ("INT8 ONNX", "int8_onnx")):
+        if values.get(key) is not None:
+            eval_results.append(
+                EvalResult(
+                    task_type=_PIPELINE_TAGS.get(task, task), dataset_type=dataset or "custom", dataset_name=dataset or "custom",
+                    metric_type=metric, metric_name=f"{metric} ({name})", metric_value=float(values[key]),
+                )
+            )
+    card_data = ModelCardData(
+        base_model=base_model if base_is_hub_id else None,
+        base_model_relation="quantized" if base_is_hub_id else None,
+        library_name="transformers",
+        pipeline_tag=_PIPELINE_TAGS.get(task, task),
+        tags=["hf_qat", "qat", "int8", "onnx", "nncf"],
+        datasets=[dataset] if dataset else None,
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
+    )
+    sizes, latency = results.get("onnx_file_size") or {}, results.get("onnx_latency_batch1_s") or {}
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path()),
+        model_name=repo_id.split("/")[-1],
+        base_model=base_model,
+        base_model_url=f"https://huggingface.co/{base_model}" if base_is_hub_id else base_model,
+        task=task,
+        metric=metric,
+        fp32_value=_fmt(values.get("fp32")),
+        int8_value=_fmt(values.get("int8")),
+        onnx_value=_fmt(values.get("int8_onnx")),
+        onnx_size_fp32=f"{sizes['fp32'] / 2**20:.2f} MiB" if sizes else None,
+        onnx_size_int8=f"{sizes['int8'] / 2**20:.2f} MiB ({sizes['int8'] / sizes['fp32']:.2f}x)" if sizes else None,
+        latency_fp32=f"{latency['fp32'] * 1e3:.2f} ms" if latency else None,
+        latency_int8=f"{latency['int8'] * 1e3:.2f} ms ({latency['int8'] / latency['fp32']:.2f}x)" if latency else None,
+        eval_samples=results.get("eval_samples"),
+        train_samples=results.get("train_samples"),
+        dataset=dataset,
+        scheme=quantization_scheme(ctrl),
+        auto_class=_AUTO_CLASSES.get(task, "AutoModel"),
+        repo_id=repo_id,
+    )
+
+
+def write_model_card(output_dir: str | os.PathLike, ctrl: Any, results: dict[str, Any], base_model: str, dataset: str | None = None, repo_id: str | None = None) -> Path:
+    """Render the card and write ``README.md`` into ``output_dir`` (atomically)."""
+    from ..utils.io import atomic_write_text
+
+    card = render_model_card(ctrl, results, base_model, dataset, repo_id)
+    path = Path(output_dir) / "README.md"
+    atomic_write_text(path, str(card))
+    return path

@@ -1,0 +1,213 @@
+"""scripts/run_qat.py end to end on tiny models saved to disk (every task), bad input, the default run."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = [f"w{i}" for i in range(40)] + ["good", "bad", "paris", "london", "alice", "bob", "the", "is", "in"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_qat", ROOT / "scripts" / "run_qat.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_qat"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_tokenizer(path: Path):
+    from transformers import BertTokenizerFast
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)})
+    assert tok("w1 good")["input_ids"] == [2, 6, 45, 3]
+    tok.save_pretrained(path)
+    return tok
+
+
+def tiny_text_model(path: Path, arch: str = "bert"):
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = save_tokenizer(path)
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    else:
+        model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
+    model.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def common(out):
+    return [
+        "--output_dir", str(out), "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--max_seq_length", "16",
+        "--num_calibration_samples", "16", "--save_strategy", "no", "--report_to", "none", "--latency_runs", "2",
+        "--disable_tqdm", "true", "--use_cpu", "true",
+    ]
+
+
+def sentences(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [WORDS[int(j)] for j in torch.randint(0, 40, (5,), generator=g)]
+        rows.append({"sentence": " ".join(["good" if label else "bad", *words]), "label": label})
+    return rows
+
+
+def check_outputs(out: Path, results: dict):
+    for name in ("model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md", "qat_results.json"):
+        assert (out / name).exists(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "hf_qat"
+    assert results["onnx_file_size"]["int8"] < results["onnx_file_size"]["fp32"]
+    card = (out / "README.md").read_text()
+    assert "base_model_relation" not in card or "quantized" in card
+    assert "hf_qat" in card and "## Quantization scheme" in card
+
+
+def test_text_classification_pairs_from_files(tmp_path):
+    run_qat = load_script()
+    model = tiny_text_model(tmp_path / "model")
+    rows = [{"sentence1": r["sentence"], "sentence2": "the w1 is w2", "label": r["label"]} for r in sentences(48)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows[32:])
+    out = tmp_path / "out"
+    results = run_qat.main(["--model_name", str(model), "--task", "text-classification", "--train_file", train, "--validation_file", valid, *common(out)])
+    check_outputs(out, results)
+    v = results["values"]
+    assert v["fp32"] is not None and v["int8"] is not None and abs(v["int8"] - v["int8_onnx"]) <= 1 / 16
+    assert results["quantizers"]["weights"] == 17  # 3 embeddings + 12 layer linears + pooler + classifier
+
+
+def test_token_classification(tmp_path):
+    run_qat = load_script()
+    model = tiny_text_model(tmp_path / "model")
+    tags = ["O", "B-PER", "I-PER", "B-LOC"]
+    rows = []
+    for i in range(40):
+        rows.append({"tokens": ["alice", "bob", "is", "in", "paris", f"w{i % 40}"], "ner_tags": [1, 2, 0, 0, 3, 0]})
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows[32:])
+    out = tmp_path / "out"
+    results = run_qat.main(["--model_name", str(model), "--task", "token-classification", "--train_file", train, "--validation_file", valid, *common(out)])
+    check_outputs(out, results)
+    assert results["metric"] == "f1" and results["values"]["int8_onnx"] is not None
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["id2label"]) == len(set(t for r in rows for t in r["ner_tags"]))
+    del tags
+
+
+def test_causal_lm(tmp_path):
+    run_qat = load_script()
+    model = tiny_text_model(tmp_path / "model", arch="gpt2")
+    text = [{"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(30))} for i in range(24)]
+    train = write_jsonl(tmp_path / "train.jsonl", text[:20])
+    valid = write_jsonl(tmp_path / "valid.jsonl", text[20:])
+    out = tmp_path / "out"
+    results = run_qat.main(["--model_name", str(model), "--task", "causal-lm", "--train_file", train, "--validation_file", valid, *common(out)])
+    check_outputs(out, results)
+    v = results["values"]
+    assert results["metric"] == "perplexity" and v["fp32"] > 1 and v["int8_onnx"] == pytest.approx(v["int8"], rel=0.05)
+
+
+def test_image_classification(tmp_path):
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    run_qat = load_script()
+    mdir = tmp_path / "model"
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).save_pretrained(mdir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(mdir)
+    rows = []
+    for i in range(24):
+        label = i % 2
+        img = Image.new("RGB", (40, 40), (200, 30, 30) if label else (30, 30, 200))
+        p = tmp_path / f"img{i}.png"
+        img.save(p)
+        rows.append({"image": str(p), "label": label})
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:16])
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows[16:])
+    out = tmp_path / "out"
+    results = run_qat.main(["--model_name", str(mdir), "--task", "image-classification", "--train_file", train, "--validation_file", valid, *common(out)])
+    check_outputs(out, results)
+    assert results["values"]["int8_onnx"] is not None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "summarization"], "unknown task 'summarization'"),
+        (["--label_column", "stars"], "label column 'stars' is not in the dataset"),
+        (["--text_column", "body"], "text column 'body' is not in the dataset"),
+        (["--resume_from_checkpoint", "/nonexistent/checkpoint-5"], "is not a directory"),
+    ],
+)
+def test_bad_input_is_reported_before_training(tmp_path, extra, message):
+    run_qat = load_script()
+    model = tiny_text_model(tmp_path / "model")
+    train = write_jsonl(tmp_path / "train.jsonl", sentences(16))
+    out = tmp_path / "out"
+    args = ["--model_name", str(model), "--train_file", train, *common(out), *extra]
+    if "--task" not in extra:
+        args += ["--task", "text-classification"]
+    with pytest.raises(run_qat.RunError) as err:
+        run_qat.main(args)
+    assert message in str(err.value)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unreachable_model_and_missing_head(tmp_path):
+    run_qat = load_script()
+    train = write_jsonl(tmp_path / "train.jsonl", sentences(16))
+    with pytest.raises(run_qat.RunError, match="hub could not be reached|not a local directory"):
+        run_qat.main(["--model_name", "nobody/not-a-model", "--train_file", train, *common(tmp_path / "o")])
+    model = tiny_text_model(tmp_path / "gpt", arch="gpt2")
+    rows = [{"tokens": ["alice"], "ner_tags": [0]}] * 8
+    tok_train = write_jsonl(tmp_path / "tok.jsonl", rows)
+    # GPT-2 has a token-classification head; a model type without one is refused by name
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    clip = tmp_path / "clip"
+    CLIPTextModel(CLIPTextConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)).save_pretrained(clip)
+    save_tokenizer(clip)
+    with pytest.raises(run_qat.RunError, match="has no model class for task token-classification"):
+        run_qat.main(["--model_name", str(clip), "--task", "token-classification", "--train_file", tok_train, *common(tmp_path / "o2")])
+    del model
+
+
+def test_push_to_hub_without_token_fails_at_start(tmp_path, monkeypatch):
+    run_qat = load_script()
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    train = write_jsonl(tmp_path / "train.jsonl", sentences(16))
+    model = tiny_text_model(tmp_path / "model")
+    with pytest.raises(run_qat.RunError, match="--push_to_hub needs a token"):
+        run_qat.main(["--model_name", str(model), "--train_file", train, "--push_to_hub", "true", "--hub_model_id", "me/x", *common(tmp_path / "o")])
+
+
+@pytest.mark.slow
+def test_builtin_default_run(tmp_path):
+    """The README's first command (python scripts/run_qat.py), with only the output folder moved."""
+    run_qat = load_script()
+    out = tmp_path / "qat_output"
+    results = run_qat.main(["--output_dir", str(out)])
+    check_outputs(out, results)
+    v = results["values"]
+    assert results["train_samples"] + results["eval_samples"] == 198
+    assert v["fp32"] >= 0.8 and v["int8_onnx"] >= v["fp32"] - 0.1
+    assert results["wall_time_s"] < 180
