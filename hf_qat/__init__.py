@@ -38,6 +38,14 @@ from .torch import (
     verify_onnx,
 )
 
+# -- transformers: quant_method "hf_qat" for from_pretrained ---------------------------------------
+try:
+    from .integrations.transformers_quantizer import register as _register_transformers_quantizer
+except ImportError:  # pragma: no cover - transformers is optional for the bare API
+    pass
+else:
+    _register_transformers_quantizer()
+
 _LAZY = {
     "QATTrainer": ".integrations.trainer",
     "QATTrainingArguments": ".integrations.trainer",

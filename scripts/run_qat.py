@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     int8_metrics = trainer.evaluate(metric_key_prefix="int8")
-    trainer.save_model(str(out))
+    trainer.save_model(str(out), _internal_call=True)  # the push (one commit) comes at the end
     onnx_metrics, sizes, latency = {}, {}, {}
     if not model_args.skip_export:
         onnx_metrics = trainer.evaluate_onnx()
@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
                  f"nncf_config.json{', model.onnx' if sizes else ''}, README.md, qat_results.json")
     print("\n".join(lines))
     if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="hf_qat: quantization-aware training")
+        info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
+        print(f"Pushed to {getattr(info, 'commit_url', None) or training_args.hub_model_id}")
     return results
 
 

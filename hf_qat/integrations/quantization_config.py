@@ -3,7 +3,8 @@
 A QAT checkpoint (Trainer checkpoint, ``save_model`` output or hub repo) holds:
 
 - ``model.safetensors``: model weights and quantizer parameters (``scale``, ``input_low`` ...);
-- ``config.json`` with ``quantization_config = {"quant_method": "hf_qat", ...}`` (the scheme below);
+- ``config.json`` with ``quantization_config = {"quant_method": "hf_qat", ...}``: the compression
+  state and NNCF config (embedded, so that ``from_pretrained`` needs nothing else) and a scheme summary;
 - ``compression_state.json``: NNCF's legacy ``compression_state`` (quantizer setup + controller state);
 - ``nncf_config.json``: the NNCF config the model was compressed with.
 """
@@ -67,11 +68,13 @@ def quantization_config_dict(ctrl: Any) -> dict[str, Any]:
     """The ``quantization_config`` entry written to ``config.json``."""
     from .. import __version__
 
+    config = ctrl.config if isinstance(ctrl.config, NNCFConfig) else NNCFConfig.from_dict(ctrl.config)
     return {
         "quant_method": QUANT_METHOD,
         "hf_qat_version": __version__,
-        "compression_state": COMPRESSION_STATE_NAME,
-        "nncf_config": NNCF_CONFIG_NAME,
+        # embedded so that from_pretrained can rebuild the quantizers from config.json alone
+        "compression_state": ctrl.get_compression_state(),
+        "nncf_config": dict(config),
         "scheme": quantization_scheme(ctrl),
     }
 

@@ -270,6 +270,61 @@ class QATTrainer(Trainer):
         if ctrl is not None and self.args.should_save:
             write_qat_files(output_dir, ctrl)
 
+    # -- hub ------------------------------------------------------------------------------------------
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        results: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """Push the QAT model in one commit: checkpoint, QAT files, INT8 ``model.onnx``, model card.
+
+        ``results`` (as written by ``scripts/run_qat.py``) fills the card's results table; by default
+        the latest ``eval_*`` / ``onnx_*`` metrics of the run are used. Before compression, this is
+        ``Trainer.push_to_hub``.
+        """
+        if self.compression_ctrl is None:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, token=token, revision=revision, **kwargs)
+        if not self.is_world_process_zero():
+            return None
+        from .hub import push_qat_folder
+        from .model_card import write_model_card
+
+        out = Path(self.args.output_dir)
+        self.save_model(str(out), _internal_call=True)
+        if not (out / ONNX_NAME).exists():
+            self.export_onnx()
+        repo_id = self.args.hub_model_id or out.resolve().name
+        model = self.accelerator.unwrap_model(self.model)
+        if results is None:
+            results = self._results_from_logs(model)
+        base = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+        write_model_card(out, self.compression_ctrl, results, base_model=base, repo_id=repo_id)
+        return push_qat_folder(
+            out,
+            repo_id,
+            token=token or self.args.hub_token,
+            private=self.args.hub_private_repo,
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message or "Upload QAT model (hf_qat)",
+        )
+
+    def _results_from_logs(self, model: nn.Module) -> dict[str, Any]:
+        from .hub import _task_of
+
+        evals = [h for h in self.state.log_history if any(k.startswith("eval_") for k in h)]
+        onnx = [h for h in self.state.log_history if any(k.startswith("onnx_") for k in h)]
+        last_eval, last_onnx = (evals[-1] if evals else {}), (onnx[-1] if onnx else {})
+        metric = next((k[5:] for k in last_eval if k.startswith("eval_") and k[5:] not in ("loss", "runtime", "samples_per_second", "steps_per_second")), "loss")
+        return {
+            "task": _task_of(model),
+            "metric": metric,
+            "values": {"fp32": None, "int8": last_eval.get(f"eval_{metric}"), "int8_onnx": last_onnx.get(f"onnx_{metric}")},
+        }
+
     # -- ONNX -----------------------------------------------------------------------------------------
     def export_onnx(self, path: str | os.PathLike | None = None, **kwargs: Any):
         """Export the trained model to INT8 ONNX (default ``<output_dir>/model.onnx``) on the main
