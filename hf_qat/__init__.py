@@ -50,6 +50,8 @@ _LAZY = {
     "QATTrainer": ".integrations.trainer",
     "QATTrainingArguments": ".integrations.trainer",
     "load_metric": ".integrations.metrics",
+    "push_to_hub": ".integrations.hub",
+    "load_onnx_from_hub": ".integrations.hub",
 }
 
 
@@ -84,6 +86,9 @@ __all__ = [
     "QATTrainer",
     "QATTrainingArguments",
     "load_metric",
+    # hub
+    "push_to_hub",
+    "load_onnx_from_hub",
     # errors
     "HfQatError",
     "ConfigError",

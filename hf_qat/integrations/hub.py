@@ -167,8 +167,8 @@ def _task_of(model: Any) -> str:
     return "feature-extraction"
 
 
-def _base_model_of(model: Any) -> str:
-    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+def _base_model_of(model: Any) -> str | None:
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "") or None
 
 
 def load_onnx_from_hub(

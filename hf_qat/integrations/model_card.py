@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str, dataset: str | None = None, repo_id: str | None = None):
+def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str | None, dataset: str | None = None, repo_id: str | None = None):
     """A ``ModelCard`` for a QAT model: metadata (base model, relation, tags, model-index) and body."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -39,7 +40,9 @@ def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str, datas
     task = results["task"]
     metric = results["metric"]
     values = results["values"]
-    base_is_hub_id = not os.path.isabs(base_model) and not os.path.exists(base_model)
+    # a hub id ("org/name" or "name") rather than a local folder or a bare class name
+    base_is_hub_id = bool(base_model) and not os.path.exists(base_model) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", base_model) is not None and "/" in base_model
+    base_model = base_model or "a model built from its config"
     repo_id = repo_id or f"<user>/{Path(base_model).name}-hf-qat-int8"
     eval_results = []
     for name, key in (("FP32", "fp32"), ("INT8 ONNX", "int8_onnx")):
@@ -85,7 +88,7 @@ def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str, datas
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, ctrl: Any, results: dict[str, Any], base_model: str, dataset: str | None = None, repo_id: str | None = None) -> Path:
+def write_model_card(output_dir: str | os.PathLike, ctrl: Any, results: dict[str, Any], base_model: str | None, dataset: str | None = None, repo_id: str | None = None) -> Path:
     """Render the card and write ``README.md`` into ``output_dir`` (atomically)."""
     from ..utils.io import atomic_write_text
 

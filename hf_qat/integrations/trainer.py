@@ -301,7 +301,7 @@ class QATTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if results is None:
             results = self._results_from_logs(model)
-        base = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+        base = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "") or None
         write_model_card(out, self.compression_ctrl, results, base_model=base, repo_id=repo_id)
         return push_qat_folder(
             out,

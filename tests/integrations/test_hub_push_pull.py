@@ -1,0 +1,138 @@
+"""Push QAT models to the project's test hub (127.0.0.1) and pull them back, through the real clients."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hub_server import HubServer, patch_clients
+from testing_utils import inputs_of, quant_config, text_batches, tiny_bert, tiny_text_dataset
+from transformers import AutoModelForSequenceClassification
+
+import hf_qat
+from hf_qat import NNCFConfig, create_compressed_model, register_default_init_args
+from hf_qat.integrations import QATTrainer, QATTrainingArguments
+
+QAT_FILES = {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with HubServer() as s:
+        yield s
+
+
+@pytest.fixture
+def hub(server, monkeypatch, tmp_path):
+    patch_clients(monkeypatch, server, tmp_path / "hf_home")
+    return server
+
+
+def logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_trainer_push_is_one_commit_and_pulls_back_bit_for_bit(hub, tmp_path):
+    ds = tiny_text_dataset()
+    args = QATTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, report_to=[], use_cpu=True, save_strategy="steps", save_steps=2,
+        disable_tqdm=True, num_calibration_samples=16, hub_model_id="test-user/bert-qat", eval_strategy="steps", eval_steps=4,
+    )
+    acc = hf_qat.load_metric("accuracy")
+    trainer = QATTrainer(
+        model=tiny_bert(), args=args, train_dataset=ds, eval_dataset=ds,
+        compute_metrics=lambda p: acc.compute(predictions=p.predictions.argmax(-1), references=p.label_ids),
+    )
+    trainer.train()
+    trainer.push_to_hub()
+    # the hub's "initial commit" (.gitattributes) and exactly one push commit
+    assert [c.message for c in hub.commits("test-user/bert-qat")][0] == "End of training"
+    assert len(hub.commits("test-user/bert-qat")) == 2
+    files = hub.files("test-user/bert-qat")
+    assert QAT_FILES <= set(files)
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) or f.startswith("checkpoint-") for f in files)
+    config = json.loads(files["config.json"])
+    assert config["quantization_config"]["quant_method"] == "hf_qat"
+
+    pulled = AutoModelForSequenceClassification.from_pretrained("test-user/bert-qat")
+    assert pulled.is_quantized and pulled._hf_qat_ctrl is not None
+    batch = {"input_ids": torch.tensor(ds[:8]["input_ids"]), "attention_mask": torch.tensor(ds[:8]["attention_mask"])}
+    assert torch.equal(logits(trainer.model, batch), logits(pulled, batch))
+
+    session = hf_qat.load_onnx_from_hub("test-user/bert-qat")
+    feed = {k: v.numpy() for k, v in batch.items()}
+    out = session.run(["logits"], feed)[0]
+    assert np.abs(out - logits(pulled, batch).numpy()).max() < 1e-3
+    compiled = hf_qat.load_onnx_from_hub("test-user/bert-qat", runtime="openvino")
+    ov_out = next(iter(compiled([feed["input_ids"], feed["attention_mask"]]).values()))
+    assert (ov_out.argmax(-1) == out.argmax(-1)).all()
+
+
+def test_bare_api_push_with_model_card(hub):
+    batches = [inputs_of(b) for b in text_batches()]
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
+    ctrl, model = create_compressed_model(tiny_bert(), config)
+    results = {"task": "text-classification", "metric": "accuracy", "values": {"fp32": 0.91, "int8": 0.905, "int8_onnx": 0.905}}
+    hf_qat.push_to_hub(model, ctrl, "test-user/bare-qat", base_model="google-bert/bert-base-uncased", dataset="glue", results=results)
+    files = hub.files("test-user/bare-qat")
+    assert QAT_FILES | {"qat_results.json"} <= set(files)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(files["README.md"].decode())
+    data = card.data.to_dict()
+    assert data["base_model"] == "google-bert/bert-base-uncased" and data["base_model_relation"] == "quantized"
+    assert {"hf_qat", "qat", "int8", "onnx", "nncf"} <= set(data["tags"])
+    assert data["datasets"] == ["glue"] and data["library_name"] == "transformers"
+    metrics = data["model-index"][0]["results"][0]["metrics"]
+    assert [m["value"] for m in metrics] == [0.91, 0.905]
+    assert "## Quantization scheme" in card.text and 'from_pretrained("test-user/bare-qat")' in card.text
+
+    pulled = AutoModelForSequenceClassification.from_pretrained("test-user/bare-qat")
+    assert torch.equal(logits(model, batches[0]), logits(pulled, batches[0]))
+
+
+def test_pull_reads_only_json_and_safetensors(hub):
+    batches = [inputs_of(b) for b in text_batches()]
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
+    ctrl, model = create_compressed_model(tiny_bert(), config)
+    hf_qat.push_to_hub(model, ctrl, "test-user/reads")
+    hub.requests.clear()
+    AutoModelForSequenceClassification.from_pretrained("test-user/reads")
+    fetched = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
+    assert fetched and all(p.endswith((".json", ".safetensors")) for p in fetched), fetched
+
+
+def test_run_qat_push_to_hub(hub, tmp_path):
+    from test_run_qat import common, load_script, sentences, tiny_text_model, write_jsonl
+
+    run_qat = load_script()
+    model = tiny_text_model(tmp_path / "model")
+    rows = sentences(40)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows[32:])
+    out = tmp_path / "out"
+    args = ["--model_name", str(model), "--train_file", train, "--validation_file", valid, *common(out)]
+    run_qat.main(args + ["--push_to_hub", "true", "--hub_model_id", "test-user/run-qat"])
+    commits = hub.commits("test-user/run-qat")
+    assert [c.message for c in commits][0] == "hf_qat: quantization-aware training" and len(commits) == 2
+    files = hub.files("test-user/run-qat")
+    assert QAT_FILES | {"qat_results.json", "tokenizer.json"} <= set(files)
+    assert not any(f.startswith("fp32/") or f.endswith(".bin") for f in files)
+    results = json.loads(files["qat_results.json"])
+    card = files["README.md"].decode()
+    assert f"{results['values']['int8_onnx']:.4f}" in card
+
+
+def test_run_qat_push_with_a_bad_token_fails_before_training(hub, tmp_path, monkeypatch):
+    from test_run_qat import common, load_script, sentences, tiny_text_model, write_jsonl
+
+    run_qat = load_script()
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    model = tiny_text_model(tmp_path / "model")
+    train = write_jsonl(tmp_path / "train.jsonl", sentences(16))
+    out = tmp_path / "out"
+    with pytest.raises(run_qat.RunError, match="rejected the token"):
+        run_qat.main(["--model_name", str(model), "--train_file", train, *common(out), "--push_to_hub", "true", "--hub_model_id", "test-user/x"])
+    assert not out.exists() or not any(out.iterdir())
