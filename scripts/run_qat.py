@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     int8_metrics = trainer.evaluate(metric_key_prefix="int8")
     trainer.save_model(str(out), _internal_call=True)  # the push (one commit) comes at the end
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():  # several processes: the main one exports, reports and pushes
+        return {}
     onnx_metrics, sizes, latency = {}, {}, {}
     if not model_args.skip_export:
         onnx_metrics = trainer.evaluate_onnx()
@@ -344,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
         "onnx_file_size": sizes,
         "onnx_latency_batch1_s": latency,
         "quantizers": {"weights": len(trainer.compression_ctrl.weight_quantizers), "activations": len(trainer.compression_ctrl.activation_quantizers)},
+        "world_size": training_args.world_size,
         "train_samples": len(processed["train"]),
         "eval_samples": len(processed["validation"]),
         "wall_time_s": time.perf_counter() - started,

@@ -198,8 +198,9 @@ class QATTrainer(Trainer):
             self.compress(compression_state=state)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         if self.args.export_onnx:
-            self.export_onnx()
-            if self.args.evaluate_onnx and self.eval_dataset is not None:
+            self.export_onnx()  # main process only
+            self.accelerator.wait_for_everyone()
+            if self.args.evaluate_onnx and self.eval_dataset is not None and self.is_world_process_zero():
                 self.log(self.evaluate_onnx())
         return output
 

@@ -13,6 +13,7 @@ from ..core.config import NNCFConfig
 from ..core.state import parse_compression_state
 from ..errors import CalibrationError, ConfigError
 from .controller import QuantizationController
+from .distributed import is_distributed, merge_collectors_across_ranks
 from .init import (
     BNAdaptationInitArgs,
     QuantizationRangeInitArgs,
@@ -171,7 +172,9 @@ def create_compressed_model(
         if ctrl_state is not None:
             ctrl.load_state(ctrl_state)
         else:
-            run_range_init(model, setup, quantizers, settings, range_args)
+            # several ranks: each calibrates on its own data, the statistics are merged across ranks
+            merge = merge_collectors_across_ranks if is_distributed() else None
+            run_range_init(model, setup, quantizers, settings, range_args, merge_fn=merge)
             run_bn_adaptation(model, settings, bn_args)
     except BaseException:
         _undo(model, previous_attn)

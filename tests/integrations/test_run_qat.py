@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -211,3 +212,40 @@ def test_builtin_default_run(tmp_path):
     assert results["train_samples"] + results["eval_samples"] == 198
     assert v["fp32"] >= 0.8 and v["int8_onnx"] >= v["fp32"] - 0.1
     assert results["wall_time_s"] < 180
+
+
+@pytest.mark.slow
+def test_two_processes_then_resume_in_one(tmp_path):
+    """run_qat.py under torchrun with 2 CPU ranks (gloo); its checkpoint resumes in a single process."""
+    import socket
+    import subprocess
+
+    model = tiny_text_model(tmp_path / "model")
+    rows = sentences(48)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows[32:])
+    out = tmp_path / "out"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = common(out) + ["--save_strategy", "steps", "--save_steps", "2", "--num_train_epochs", "2"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(port), str(ROOT / "scripts" / "run_qat.py"),
+        "--model_name", str(model), "--train_file", train, "--validation_file", valid, *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "qat_results.json").read_text())
+    assert results["world_size"] == 2
+    check_outputs(out, results)
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints and (checkpoints[0] / "compression_state.json").exists()
+
+    run_qat = load_script()
+    resumed = run_qat.main(
+        ["--model_name", str(model), "--train_file", train, "--validation_file", valid, *common(tmp_path / "single"),
+         "--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoints[0])]
+    )
+    assert resumed["world_size"] == 1 and resumed["values"]["int8_onnx"] is not None
