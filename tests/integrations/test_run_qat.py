@@ -249,3 +249,11 @@ def test_two_processes_then_resume_in_one(tmp_path):
          "--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoints[0])]
     )
     assert resumed["world_size"] == 1 and resumed["values"]["int8_onnx"] is not None
+
+    # and in two processes again
+    again = tmp_path / "again"
+    cmd2 = [c if c != str(out) else str(again) for c in cmd] + ["--resume_from_checkpoint", str(checkpoints[0])]
+    cmd2[cmd2.index("--master_port") + 1] = str(port + 1 if port < 65000 else port - 1)
+    proc = subprocess.run(cmd2, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((again / "qat_results.json").read_text())["world_size"] == 2
