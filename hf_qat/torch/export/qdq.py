@@ -27,7 +27,7 @@ import torch
 
 from ..quantizers import BaseQuantizer
 
-__all__ = ["QDQParams", "qdq_params", "emitting_for", "quantize", "quantize_dequantize", "dequantize", "EXPORTERS"]
+__all__ = ["QDQParams", "qdq_params", "emitting_for", "quantize", "dequantize", "EXPORTERS"]
 
 EXPORTERS = ("dynamo", "torchscript")
 _STORAGE_RANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
@@ -216,14 +216,3 @@ def quantize(
         q = _clip(q, clip[0], clip[1])
     return q
 
-
-def quantize_dequantize(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    axis: int | None,
-    clip: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``QuantizeLinear → [Clip →] DequantizeLinear`` of an activation (see :func:`quantize`)."""
-    scale = scale.to(x.dtype) if x.dtype != scale.dtype else scale
-    return dequantize(quantize(x, scale, zero_point, axis, clip), scale, zero_point, axis)
