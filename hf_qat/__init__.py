@@ -19,6 +19,7 @@ from .errors import (
     DistributedError,
     ExportError,
     HfQatError,
+    HubError,
     NothingToQuantizeError,
     ScopeError,
 )
@@ -98,4 +99,5 @@ __all__ = [
     "CompressionStateError",
     "DistributedError",
     "ExportError",
+    "HubError",
 ]

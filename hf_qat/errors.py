@@ -19,6 +19,7 @@ __all__ = [
     "CompressionStateError",
     "DistributedError",
     "ExportError",
+    "HubError",
 ]
 
 
@@ -100,3 +101,7 @@ class ExportError(HfQatError, RuntimeError):
         self.module = module
         self.op = op
         super().__init__(message)
+
+
+class HubError(HfQatError, RuntimeError):
+    """A push to (or pull from) the Hugging Face Hub failed; the message says whether the repo changed."""

@@ -19,10 +19,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError
+from ..errors import ExportError, HubError
 from .quantization_config import quantization_config_dict, write_qat_files
 
-__all__ = ["PUSHED_FILES", "save_qat_model", "push_qat_folder", "push_to_hub", "load_onnx_from_hub"]
+__all__ = [
+    "PUSHED_FILES",
+    "save_qat_model",
+    "check_push_access",
+    "push_qat_folder",
+    "push_to_hub",
+    "load_onnx_from_hub",
+]
 
 #: Patterns of the files a push uploads (everything else in the folder stays local).
 PUSHED_FILES = [
@@ -100,16 +107,44 @@ def push_qat_folder(
     if missing:
         raise FileNotFoundError(f"{folder} is not a saved QAT model: missing {missing}")
     api = HfApi(token=token, endpoint=endpoint)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        allow_patterns=PUSHED_FILES,
-        commit_message=commit_message,
-        revision=revision,
-    )
+    check_push_access(api, repo_id)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            allow_patterns=PUSHED_FILES,
+            commit_message=commit_message,
+            revision=revision,
+        )
+    except Exception as e:  # HTTP errors after the client's retries, dropped connections, ...
+        raise HubError(
+            f"Pushing {folder} to {repo_id} failed: {type(e).__name__}: {e}. A push is a single commit, so "
+            f"{repo_id} is unchanged (uploaded large files may remain stored but unreferenced); the local "
+            "files are untouched. Run the push again."
+        ) from e
+
+
+def check_push_access(api: Any, repo_id: str) -> str:
+    """Fail before any upload when the token is missing, refused, or not allowed to write ``repo_id``'s
+    namespace. Returns the user name."""
+    try:
+        me = api.whoami()
+    except Exception as e:
+        raise HubError(
+            f"Cannot push to {repo_id}: no usable Hugging Face token ({type(e).__name__}: {e}). Run `hf auth login`, "
+            "set HF_TOKEN, or pass token=..."
+        ) from e
+    namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
+    allowed = {me.get("name")} | {o.get("name") for o in me.get("orgs", []) if isinstance(o, dict)}
+    if namespace not in allowed:
+        raise HubError(
+            f"Cannot push to {repo_id}: the token belongs to {me.get('name')!r}, who can write to "
+            f"{sorted(n for n in allowed if n)}, not to {namespace!r}. Nothing was uploaded."
+        )
+    return str(me.get("name"))
 
 
 def push_to_hub(

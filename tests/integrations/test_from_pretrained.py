@@ -84,3 +84,17 @@ def test_config_without_compression_state_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(hf_qat.CompressionStateError, match="no embedded compression_state"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path)
+
+
+def test_compression_state_that_does_not_fit_the_model_is_refused(tmp_path):
+    batches = [inputs_of(b) for b in text_batches()]
+    ctrl, model = compressed(tiny_bert, batches)
+    save_qat_model(model, ctrl, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    points = config["quantization_config"]["compression_state"]["builder_state"]["quantization"]["quantizer_setup"]["quantization_points"]
+    first = next(iter(points.values()))
+    first["target_point"]["target_node_name"] = first["target_point"]["target_node_name"].replace("BertEmbeddings[embeddings]", "BertEmbeddings[missing]")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hf_qat.CompressionStateError, match="does not fit the model") as err:
+        AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert "missing" in str(err.value)

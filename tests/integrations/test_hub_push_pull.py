@@ -136,3 +136,64 @@ def test_run_qat_push_with_a_bad_token_fails_before_training(hub, tmp_path, monk
     with pytest.raises(run_qat.RunError, match="rejected the token"):
         run_qat.main(["--model_name", str(model), "--train_file", train, *common(out), "--push_to_hub", "true", "--hub_model_id", "test-user/x"])
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.fixture
+def no_backoff_sleep(monkeypatch):
+    """Record the client's retry waits instead of sleeping (its retry logic is untouched)."""
+    import types
+
+    from huggingface_hub.utils import _http
+
+    waits = []
+    fake_time = types.ModuleType("time")
+    fake_time.__dict__.update(_http.time.__dict__)
+    fake_time.sleep = waits.append
+    monkeypatch.setattr(_http, "time", fake_time)
+    return waits
+
+
+def saved_model(tmp_path):
+    from hf_qat.integrations.hub import save_qat_model
+
+    batches = [inputs_of(b) for b in text_batches()]
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
+    ctrl, model = create_compressed_model(tiny_bert(), config)
+    folder = save_qat_model(model, ctrl, tmp_path / "saved")
+    return folder, {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_push_refused_before_upload(hub, tmp_path, monkeypatch):
+    from hf_qat.integrations.hub import push_qat_folder
+
+    folder, local = saved_model(tmp_path)
+    hub.requests.clear()
+    with pytest.raises(hf_qat.HubError, match="not to 'someone-else'"):
+        push_qat_folder(folder, "someone-else/qat")
+    with pytest.raises(hf_qat.HubError, match="no usable Hugging Face token"):
+        push_qat_folder(folder, "test-user/qat", token="hf_wrong")
+    assert not [p for m, p in hub.requests if m != "GET"]  # nothing created, nothing uploaded
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == local
+
+
+@pytest.mark.parametrize("fault", ["lfs_500", "commit_drop"])
+def test_failed_push_leaves_the_repo_unchanged(hub, tmp_path, no_backoff_sleep, fault):
+    from hub_server import Fault
+
+    from hf_qat.integrations.hub import push_qat_folder
+
+    folder, local = saved_model(tmp_path)
+    repo = f"test-user/faulty-{fault}"
+    push_qat_folder(folder, repo)  # a first, complete push
+    first = hub.files(repo)
+    (folder / "model.safetensors").write_bytes(local["model.safetensors"][:-8] + b"\0" * 8)  # a changed model
+    if fault == "lfs_500":
+        hub.faults.append(Fault(method="PUT", path_contains="/lfs/", status=500, times=10))
+    else:
+        hub.faults.append(Fault(method="POST", path_contains="/commit/", drop=True, times=10))
+    with pytest.raises(hf_qat.HubError, match="is unchanged"):
+        push_qat_folder(folder, repo)
+    hub.faults.clear()
+    assert hub.files(repo) == first  # the previous push, whole
+    assert len(no_backoff_sleep) <= 5  # bounded retries
+    assert (folder / "config.json").read_bytes() == local["config.json"]

@@ -26,11 +26,23 @@ def quantizer_tensors(ctrl) -> dict[str, torch.Tensor]:
     return out
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, mode: str = "train") -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     batches = [inputs_of(b) for b in text_batches(n=2, seed=100 + rank)]  # this rank's own data
-    config = register_default_init_args(NNCFConfig.from_dict(quant_config(initializer={"range": {"num_init_samples": 8, "type": "mean_min_max"}})), batches)
+    algo = {"initializer": {"range": {"num_init_samples": 8, "type": "mean_min_max"}}}
+    if mode == "mismatch" and rank == 1:  # a different config on one rank
+        algo["ignored_scopes"] = ["{re}.*BertPooler.*"]
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config(**algo)), batches)
+    if mode == "mismatch":
+        try:
+            create_compressed_model(tiny_bert(), config)
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, f"error_rank{rank}.txt"), "w") as f:
+                f.write(f"{type(e).__name__}: {e}")
+        dist.destroy_process_group()
+        return
     ctrl, model = create_compressed_model(tiny_bert(), config)
     after_init = quantizer_tensors(ctrl)
     ctrl.distributed()
@@ -57,4 +69,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -65,3 +65,18 @@ def test_distributed_needs_a_process_group():
     ctrl, _ = create_compressed_model(tiny_bert(), register_default_init_args(NNCFConfig.from_dict(quant_config()), batches))
     with pytest.raises(DistributedError, match="init_process_group"):
         ctrl.distributed()
+
+
+@pytest.mark.slow
+def test_ranks_with_different_configs_fail_clearly(tmp_path):
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), str(HERE / "dist_worker.py"), str(out), "mismatch",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        message = (out / f"error_rank{r}.txt").read_text()
+        assert message.startswith("DistributedError") and "BertPooler" in message, message
