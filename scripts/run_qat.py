@@ -313,10 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not model_args.skip_export:
         onnx_metrics = trainer.evaluate_onnx()
         example = next(iter(trainer.get_eval_dataloader()))
-        example = {k: v for k, v in example.items() if k != "labels"}
+        example = {k: v.cpu() for k, v in example.items() if k != "labels"}
         fp32_onnx = export_onnx(fp32_model, fp32_dir / "model.onnx", example)
         sizes = {"fp32": fp32_onnx.file_size, "int8": trainer.onnx_result.file_size}
-        feed = {k: _pad_to(v[:1], model_args.max_seq_length).numpy() for k, v in example.items()}
+        feed = {k: _pad_to(v[:1].cpu(), model_args.max_seq_length).numpy() for k, v in example.items()}
         latency = onnx_latency({"fp32": str(fp32_onnx.path), "int8": str(trainer.onnx_result.path)}, feed, model_args.latency_runs)
 
     metric = task.main_metric

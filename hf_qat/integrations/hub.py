@@ -178,7 +178,7 @@ def push_to_hub(
             export_onnx(model, Path(tmp) / "model.onnx", example_inputs, config=ctrl.config)
         except ExportError as e:
             raise ExportError(f"push_to_hub: the INT8 ONNX export failed, nothing was pushed. {e}", e.module, e.op) from e
-        card_results = results or {"task": _task_of(model), "metric": "n/a", "values": {}}
+        card_results = dict(results) if results else {"metric": "n/a", "values": {}}
         card_results.setdefault("task", _task_of(model))
         write_model_card(tmp, ctrl, card_results, base_model=base_model or _base_model_of(model), dataset=dataset, repo_id=repo_id)
         if results:

@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, get_last_checkpoint
 
 from ..core.config import NNCFConfig
-from ..errors import CompressionStateError, ConfigError
+from ..errors import CompressionStateError, ConfigError, ExportError
 from ..torch.controller import QuantizationController
 from ..torch.init import register_default_init_args
 from ..torch.model_creation import create_compressed_model, is_compressed
@@ -159,6 +159,7 @@ class QATTrainer(Trainer):
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         super().__init__(model, args, *a, **kw)
         self.onnx_result = None
+        self._onnx_step: int | None = None
         if self.compression_ctrl is not None:
             self._attach(self.compression_ctrl)
 
@@ -195,14 +196,36 @@ class QATTrainer(Trainer):
         if resume_from_checkpoint:
             state = check_checkpoint(resume_from_checkpoint)
         if self.compression_ctrl is None:
+            if self.optimizer is not None:
+                raise ValueError(
+                    "QATTrainer got an optimizer built before the quantizers exist, so it would never train their "
+                    "ranges. Pass no optimizer (QATTrainer builds one after compressing), or call trainer.compress() "
+                    "first and build the optimizer from the compressed model."
+                )
             self.compress(compression_state=state)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         if self.args.export_onnx:
-            self.export_onnx()  # main process only
-            self.accelerator.wait_for_everyone()
+            self._export_on_main()
             if self.args.evaluate_onnx and self.eval_dataset is not None and self.is_world_process_zero():
                 self.log(self.evaluate_onnx())
         return output
+
+    def _export_on_main(self) -> None:
+        """Export on the main process; the other ranks learn whether it worked (no hang on failure)."""
+        error: BaseException | None = None
+        try:
+            self.export_onnx()  # returns at once on non-main ranks
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            error = e
+        if self.args.world_size > 1:
+            from accelerate.utils import broadcast_object_list
+
+            flag = [None if error is None else f"{type(error).__name__}: {error}"]
+            broadcast_object_list(flag, from_process=0)
+            if flag[0] is not None and error is None:
+                raise ExportError(f"The ONNX export failed on the main process: {flag[0]}")
+        if error is not None:
+            raise error
 
     # -- optimisation -----------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -242,12 +265,20 @@ class QATTrainer(Trainer):
             teacher_logits = self.teacher(**teacher_inputs).logits
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         t = self.args.distillation_temperature
-        kd = F.kl_div(
-            F.log_softmax(student_logits.reshape(-1, student_logits.shape[-1]) / t, dim=-1),
-            F.log_softmax(teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(student_logits.dtype) / t, dim=-1),
-            log_target=True,
-            reduction="batchmean",
-        ) * (t * t)
+        student = student_logits.reshape(-1, student_logits.shape[-1])
+        teacher = teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(student_logits.dtype)
+        labels = inputs.get("labels")
+        if student_logits.dim() == 3 and isinstance(labels, torch.Tensor) and labels.shape == student_logits.shape[:2]:
+            keep = labels.reshape(-1) != -100  # token-level tasks: only positions that have a label
+            student, teacher = student[keep], teacher[keep]
+        kd = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="batchmean") * (t * t)
+        scaled = (
+            self.loss_is_scaled_for_ga
+            if self.loss_is_scaled_for_ga is not None
+            else (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        )
+        if scaled:  # the task loss is already divided over the accumulated batch: do the same for KD
+            kd = kd / self.current_gradient_accumulation_steps
         w = self.args.distillation_weight
         loss = (1 - w) * loss + w * kd
         return (loss, outputs) if return_outputs else loss
@@ -296,8 +327,8 @@ class QATTrainer(Trainer):
 
         out = Path(self.args.output_dir)
         self.save_model(str(out), _internal_call=True)
-        if not (out / ONNX_NAME).exists():
-            self.export_onnx()
+        if self.onnx_result is None or self._onnx_step != self.state.global_step or not (out / ONNX_NAME).exists():
+            self.export_onnx()  # an ONNX file from another step would not be the pushed model
         repo_id = self.args.hub_model_id or out.resolve().name
         model = self.accelerator.unwrap_model(self.model)
         if results is None:
@@ -312,6 +343,24 @@ class QATTrainer(Trainer):
             revision=revision or self.args.hub_revision,
             commit_message=commit_message or "Upload QAT model (hf_qat)",
         )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """``hub_strategy`` pushes during training: the checkpoint's QAT files only (no pickles)."""
+        if self.compression_ctrl is None:
+            return super()._push_from_checkpoint(checkpoint_folder)
+        if not self.is_world_process_zero() or getattr(self.args.hub_strategy, "value", self.args.hub_strategy) == "end":
+            return None
+        from .hub import push_qat_folder
+
+        push_qat_folder(
+            checkpoint_folder,
+            self.args.hub_model_id or Path(self.args.output_dir).resolve().name,
+            token=self.args.hub_token,
+            private=self.args.hub_private_repo,
+            revision=self.args.hub_revision,
+            commit_message=f"Training in progress, step {self.state.global_step}",
+        )
+        return None
 
     def _results_from_logs(self, model: nn.Module) -> dict[str, Any]:
         from .hub import _task_of
@@ -343,8 +392,20 @@ class QATTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         kwargs.setdefault("opset", self.args.onnx_opset)
         self.onnx_result = export_onnx(model, path, example, **kwargs)
+        self._onnx_step = self.state.global_step
         logger.info("hf_qat: %s", self.onnx_result)
         return self.onnx_result
+
+    def _unsharded_eval_loader(self, eval_dataset=None):
+        """The whole eval set on this process (the prepared loader holds only this rank's shard)."""
+        if self.args.world_size <= 1:
+            return self.get_eval_dataloader(eval_dataset)
+        from torch.utils.data import DataLoader
+
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if hasattr(dataset, "column_names"):
+            dataset = self._remove_unused_columns(dataset, description="evaluation")
+        return DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
 
     def evaluate_onnx(self, path: str | os.PathLike | None = None, eval_dataset=None, metric_key_prefix: str = "onnx") -> dict[str, float]:
         """Evaluate an exported ONNX file in ONNX Runtime on the eval set with ``compute_metrics``:
@@ -353,12 +414,13 @@ class QATTrainer(Trainer):
 
         path = Path(path) if path is not None else (self.onnx_result.path if self.onnx_result else Path(self.args.output_dir) / ONNX_NAME)
         runner = OnnxRunner(path)
-        loader = self.get_eval_dataloader(eval_dataset)
+        loader = self._unsharded_eval_loader(eval_dataset)
         model = self.accelerator.unwrap_model(self.model)
         all_logits, all_labels, losses, counts = [], [], [], []
         for batch in loader:
             feed = {n: batch[n].detach().cpu().numpy() for n in runner.input_names}
-            logits = runner(feed)[runner.output_names[0]]
+            outputs = runner(feed)
+            logits = outputs["logits"] if "logits" in outputs else outputs[runner.output_names[0]]
             labels = batch.get("labels")
             if labels is not None:
                 labels = labels.detach().cpu()
@@ -431,6 +493,8 @@ def _task_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> 
         flat = labels.reshape(-1)
         n = int((flat != -100).sum())
         return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-100)) if n else 0.0, n
+    if getattr(config, "problem_type", None) == "multi_label_classification":
+        return float(F.binary_cross_entropy_with_logits(logits, labels.float())), len(labels)
     if getattr(config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
         return float(F.mse_loss(logits.squeeze(-1), labels.float())), len(labels)
     return float(F.cross_entropy(logits, labels)), len(labels)

@@ -197,3 +197,19 @@ def test_failed_push_leaves_the_repo_unchanged(hub, tmp_path, no_backoff_sleep, 
     assert hub.files(repo) == first  # the previous push, whole
     assert len(no_backoff_sleep) <= 5  # bounded retries
     assert (folder / "config.json").read_bytes() == local["config.json"]
+
+
+def test_hub_strategy_pushes_only_qat_files(hub, tmp_path):
+    ds = tiny_text_dataset()
+    args = QATTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, report_to=[], use_cpu=True, save_strategy="steps", save_steps=2,
+        disable_tqdm=True, num_calibration_samples=16, push_to_hub=True, hub_model_id="test-user/every-save",
+        hub_strategy="every_save",
+    )
+    trainer = QATTrainer(model=tiny_bert(), args=args, train_dataset=ds)
+    trainer.train()
+    messages = [c.message for c in hub.commits("test-user/every-save")]
+    assert "Training in progress, step 2" in messages and "Training in progress, step 4" in messages
+    files = set(hub.files("test-user/every-save"))
+    assert {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files), files

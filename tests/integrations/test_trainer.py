@@ -154,3 +154,29 @@ def test_bad_arguments():
 
     with pytest.raises(ConfigError, match="nncf_config"):
         QATTrainer(model=tiny_bert(), args=QATTrainingArguments(output_dir="x", nncf_config="/nonexistent.json", report_to=[]))
+
+
+def test_optimizer_built_before_compression_is_refused(tmp_path):
+    model = tiny_bert()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = QATTrainer(model=model, args=make_args(tmp_path, max_steps=1), train_dataset=tiny_text_dataset(), optimizers=(opt, None))
+    with pytest.raises(ValueError, match="never train their ranges"):
+        trainer.train()
+
+
+def test_distillation_with_gradient_accumulation_is_scaled_like_the_task_loss(tmp_path):
+    ds = tiny_text_dataset()
+    trainer = QATTrainer(
+        model=tiny_bert(), args=make_args(tmp_path, max_steps=1, distillation_weight=1.0, gradient_accumulation_steps=4), train_dataset=ds
+    )
+    trainer.compress()
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 4
+    with torch.no_grad():
+        torch.manual_seed(0)  # same dropout masks in both calls
+        plain = trainer.compute_loss(trainer.model, batch)
+        torch.manual_seed(0)
+        scaled = trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(32))
+    # with num_items_in_batch the Trainer skips its own division by the accumulation steps
+    assert torch.isclose(scaled, plain / 4) if trainer.model_accepts_loss_kwargs else torch.isclose(scaled, plain)

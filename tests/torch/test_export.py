@@ -359,3 +359,74 @@ def test_verify_onnx_detects_a_wrong_graph(tmp_path):
     report = verify_onnx(model, path, batches[1])[0]
     assert not report.ok and report.quantizers.first_divergence is not None
     assert report.quantizers.first_divergence_steps > 1
+
+
+def test_export_restores_module_modes_and_instance_forwards(tmp_path):
+    batches = [inputs_of(b) for b in text_batches()]
+    ctrl, model, _ = compress(tiny_bert(), batches)
+    model.train()
+    model.bert.embeddings.eval()
+    query = model.bert.encoder.layer[0].attention.self.query
+    calls = []
+    original = query.forward
+
+    def hooked(x):  # what hook libraries do: an instance-level forward
+        calls.append(1)
+        return original(x)
+
+    query.forward = hooked
+    export_onnx(model, tmp_path / "m.onnx", batches[0], verify=False)
+    assert model.training and not model.bert.embeddings.training
+    assert query.__dict__["forward"] is hooked
+    with pytest.raises(ExportError):  # and after a failed export too
+        export_onnx(model, tmp_path / "n.onnx", batches[0], input_names=["only_one"])
+    assert model.training and not model.bert.embeddings.training and query.__dict__["forward"] is hooked
+
+
+class PositionalOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x, /):
+        return self.fc(x)
+
+
+def test_positional_only_forward_from_a_dict(tmp_path):
+    x = torch.randn(4, 8)
+    ctrl, model, _ = compress(PositionalOnly(), [(x,)])
+    result = export_onnx(model, tmp_path / "m.onnx", {"x": x})
+    assert result.input_names == ["x"] and result.verification[0].ok
+
+
+def test_half_precision_needs_opset_19(tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    ctrl, model, _ = compress(PlainConvNet().eval(), [(x,)])
+    model.half()
+    with pytest.raises(ExportError, match="opset 19"):
+        export_onnx(model, tmp_path / "m.onnx", x.half())
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_external_data_files_are_replaced_together(tmp_path, monkeypatch):
+    import hf_qat.torch.export.exporter as exporter
+
+    batches = [inputs_of(b) for b in text_batches()]
+    ctrl, model, _ = compress(tiny_bert(), batches)
+    monkeypatch.setattr(exporter, "_PROTOBUF_LIMIT", 1)  # force the >2 GB layout: graph + model.onnx.data
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, batches[0], verify=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"model.onnx", "model.onnx.data"}
+    real_save = onnx.save_model
+
+    def save_then_fail(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", save_then_fail)
+    with torch.no_grad():
+        model.classifier.weight.mul_(2)
+    with pytest.raises(OSError):
+        export_onnx(model, path, batches[0], verify=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

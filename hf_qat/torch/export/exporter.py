@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from ...errors import ExportError
 from ...onnx.summary import OnnxSummary, summarize
 from ...onnx.verify import VerificationReport
 from ...utils.io import atomic_path
-from .prepare import ExportPlan, onnx_export_mode
+from .prepare import ExportPlan, onnx_export_mode, restore_training_modes, training_modes
 from .qdq import emitting_for
 from .signature import ExportSignature, ExportWrapper, grow_inputs, resolve_outputs, resolve_signature
 
@@ -410,9 +411,13 @@ def _write(proto: onnx.ModelProto, path: Path) -> int:
                 os.fsync(f.fileno())
         return len(data)
     data_name = path.name + ".data"
-    with atomic_path(path.with_name(data_name)) as tmp_data, atomic_path(path) as tmp:
-        onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
-        os.replace(os.path.join(os.path.dirname(tmp), data_name), tmp_data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
+        # both files are written in a staging folder, then renamed into place: an interrupted export
+        # never pairs an old graph with new weights (or the reverse)
+        onnx.save_model(proto, os.path.join(staging, path.name), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        os.replace(os.path.join(staging, data_name), path.with_name(data_name))
+        os.replace(os.path.join(staging, path.name), path)
     return path.stat().st_size + path.with_name(data_name).stat().st_size
 
 
@@ -487,6 +492,13 @@ def export_onnx(
     for r in runtimes:
         if r not in ("onnxruntime", "openvino"):
             raise ValueError(f"unknown runtime {r!r}; choose from 'onnxruntime', 'openvino'")
+    low_precision = {p.dtype for p in model.parameters() if p.dtype in (torch.float16, torch.bfloat16)}
+    if quantized and low_precision and opset < 19:
+        raise ExportError(
+            f"The model has {sorted(str(d) for d in low_precision)} parameters; QuantizeLinear/DequantizeLinear take "
+            f"half-precision scales only from opset 19 (asked: {opset}). Pass opset=19 or more, or export a float32 "
+            "copy (copy.deepcopy(model).float())."
+        )
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"{path} is a directory; pass the path of the .onnx file to write")
@@ -499,7 +511,7 @@ def export_onnx(
         dynamic_axes=dynamic_axes,
         fallback_inputs=fallback,
     )
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
     try:
         with _reference_mode(model, quantized):
@@ -517,7 +529,7 @@ def export_onnx(
         finally:
             tracker.remove()
     finally:
-        model.train(was_training)
+        restore_training_modes(modes)
 
     _name_dynamic_dims(proto, sig, output_axes)
     graph = proto.graph  # exporter debug info (stack traces, FX node names): not needed to run
@@ -556,9 +568,17 @@ def export_onnx(
         batches = [sig.inputs] + ([grown_inputs] if grown_inputs else [])
         if atol is None and not (num_weights or num_activations):  # an FP32 graph: compare outputs directly
             atol = verification_tolerance([_as_array(t) for t in reference])
-        result.verification = verify_onnx(
-            model, path, batches, runtimes=runtimes, atol=atol, min_top1=min_top1, quantized=quantized, signature=sig
-        )
+        try:
+            result.verification = verify_onnx(
+                model, path, batches, runtimes=runtimes, atol=atol, min_top1=min_top1, quantized=quantized, signature=sig
+            )
+        except (ImportError, ValueError):
+            raise
+        except Exception as e:  # the runtime refused to load or run the file
+            raise ExportError(
+                f"The exported file {path} could not be run for verification: {type(e).__name__}: {_first_line(e)}. "
+                "The file was written; pass verify=False to skip this check."
+            ) from e
         failed = [r for r in result.verification if not r.ok]
         if failed:
             raise ExportError(

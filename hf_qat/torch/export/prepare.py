@@ -10,15 +10,16 @@ Inside :func:`onnx_export_mode`:
   ``nn.Embedding`` gathers integer rows first and dequantizes only those;
 - disabled quantizers are identities.
 
-On exit every instance attribute and buffer added here is removed and the training mode restored;
-the model is exactly as before.
+On exit every instance attribute and buffer added here is removed (instance-level ``forward``
+overrides that were there before, e.g. from hook libraries, are put back) and every module's
+training flag is restored: the model is as before, also when export fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,19 @@ def model_quantizers(model: nn.Module) -> tuple[dict[str, BaseQuantizer], dict[s
     container = getattr(model, CONTAINER_NAME, None)
     activations = dict(container.external_quantizers.items()) if container is not None else {}
     return weights, activations, layers
+
+
+_NONE = object()
+
+
+def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module's ``training`` flag (``model.train(flag)`` would overwrite per-module modes)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_training_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    for m, flag in modes:
+        m.training = flag
 
 
 class _ActivationForward:
@@ -203,8 +217,8 @@ def onnx_export_mode(model: nn.Module, quantized: bool = True) -> Iterator[Expor
     plan = ExportPlan(quantized, weights, activations)
     if quantized:
         _check_initialised({**weights, **activations})
-    was_training = model.training
-    forwards: list[nn.Module] = []
+    modes = training_modes(model)
+    forwards: list[tuple[nn.Module, Any]] = []  # (module, its own instance forward before, if any)
     added: list[tuple[nn.Module, str]] = []
     try:
         model.eval()
@@ -220,32 +234,35 @@ def onnx_export_mode(model: nn.Module, quantized: bool = True) -> Iterator[Expor
                     _register(q, added, "onnx_clip_low", torch.tensor(p.level_low, dtype=p.dtype))
                     _register(q, added, "onnx_clip_high", torch.tensor(p.level_high, dtype=p.dtype))
                     q.onnx_axis = p.axis
+                    forwards.append((q, q.__dict__.get("forward", _NONE)))
                     q.forward = _ActivationForward(q, qid, plan, p.needs_clip)
                 else:
+                    forwards.append((q, q.__dict__.get("forward", _NONE)))
                     q.forward = _identity
-                forwards.append(q)
             for layer in layers:
                 wq = layer.weight_quantizer
                 if wq is None:
                     continue
                 qid = getattr(wq, "_hf_qat_id", type(layer).__name__)
+                forwards.append((layer, layer.__dict__.get("forward", _NONE)))
                 if not (quantized and wq.is_enabled_quantization):
                     layer.forward = _float_export(layer)
-                    forwards.append(layer)
                     continue
                 _prepare_weight(layer, wq, qid, added)
                 layer.forward = _export_forward_factory(layer)(layer, plan, qid)
-                forwards.append(layer)
         yield plan
     finally:
-        for m in forwards:
-            m.__dict__.pop("forward", None)
+        for m, previous in reversed(forwards):
+            if previous is _NONE:
+                m.__dict__.pop("forward", None)
+            else:  # e.g. a hook library's instance-level forward
+                m.__dict__["forward"] = previous
             m.__dict__.pop("onnx_axis", None)
             m.__dict__.pop("onnx_weight_axis", None)
             m.__dict__.pop("onnx_weight_zp_nonzero", None)
         for m, name in added:
             m._buffers.pop(name, None)
-        model.train(was_training)
+        restore_training_modes(modes)
 
 
 def _prepare_weight(layer: nn.Module, wq: BaseQuantizer, qid: str, added: list) -> None:

@@ -201,6 +201,14 @@ def resolve_signature(
             )
         args, kwargs = (), built
     params = _forward_parameters(model)
+    positional_only = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+    if any(n in kwargs for n in positional_only):  # a dict naming positional-only parameters
+        args, kwargs = list(args), dict(kwargs)
+        for n in positional_only[len(args) :]:
+            if n not in kwargs:
+                break
+            args.append(kwargs.pop(n))
+        args = tuple(args)
     positional_names = [
         n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]

@@ -25,7 +25,7 @@ from torch import nn
 
 from ...onnx.runtime import OnnxRunner
 from ...onnx.verify import VerificationReport, compare_outputs, compare_quantized, tap_activation_quantizers
-from .prepare import model_quantizers
+from .prepare import model_quantizers, restore_training_modes, training_modes
 from .signature import ExportSignature, ExportWrapper, resolve_outputs, resolve_signature
 
 __all__ = ["verify_onnx"]
@@ -110,7 +110,7 @@ def verify_onnx(
         signature = resolve_signature(model, dict(inputs) if isinstance(inputs, Mapping) else None)
     sig = signature
     batches = [sig.inputs] if inputs is None else ([inputs] if isinstance(inputs, Mapping) else list(inputs))
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
     refs: list[dict[str, np.ndarray]] = []
     taps: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
@@ -125,7 +125,7 @@ def verify_onnx(
                 refs.append({n: _as_numpy(t) for n, t in zip(sig.output_names, outs)})
                 taps.append((captured, steps))
     finally:
-        model.train(was_training)
+        restore_training_modes(modes)
     np_batches = [{k: v.detach().cpu().numpy() for k, v in b.items()} for b in batches]
 
     graph_check = None
