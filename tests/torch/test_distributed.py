@@ -23,16 +23,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_ranks_merge_statistics_and_stay_identical(tmp_path):
-    out = tmp_path / "dist"
+def launch_two_ranks(out: Path, *worker_args: str) -> None:
+    """Run dist_worker.py in 2 CPU processes with torch's launcher (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), str(HERE / "dist_worker.py"), str(out),
+        "--master_port", str(free_port()), str(HERE / "dist_worker.py"), str(out), *worker_args,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_ranks_merge_statistics_and_stay_identical(tmp_path):
+    out = tmp_path / "dist"
+    launch_two_ranks(out)
     assert json.loads((out / "world.json").read_text()) == {"world_size": 2, "backend": "gloo"}
 
     # every quantizer tensor identical on both ranks after training
@@ -70,13 +75,7 @@ def test_distributed_needs_a_process_group():
 @pytest.mark.slow
 def test_ranks_with_different_configs_fail_clearly(tmp_path):
     out = tmp_path / "dist"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), str(HERE / "dist_worker.py"), str(out), "mismatch",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_ranks(out, "mismatch")
     for r in (0, 1):
         message = (out / f"error_rank{r}.txt").read_text()
         assert message.startswith("DistributedError") and "BertPooler" in message, message
