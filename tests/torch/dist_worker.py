@@ -7,6 +7,7 @@ data, then gathers every quantizer tensor; rank 0 writes them (safetensors) with
 import json
 import os
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,8 @@ def quantizer_tensors(ctrl) -> dict[str, torch.Tensor]:
 
 
 def main(out_dir: str, mode: str = "train") -> None:
-    dist.init_process_group("gloo")
+    # a timeout turns a lost peer into an error instead of a hang
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
     batches = [inputs_of(b) for b in text_batches(n=2, seed=100 + rank)]  # this rank's own data
     algo = {"initializer": {"range": {"num_init_samples": 8, "type": "mean_min_max"}}}
@@ -41,7 +43,6 @@ def main(out_dir: str, mode: str = "train") -> None:
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, f"error_rank{rank}.txt"), "w") as f:
                 f.write(f"{type(e).__name__}: {e}")
-        dist.destroy_process_group()
         return
     ctrl, model = create_compressed_model(tiny_bert(), config)
     after_init = quantizer_tensors(ctrl)
@@ -65,7 +66,8 @@ def main(out_dir: str, mode: str = "train") -> None:
         with open(os.path.join(out_dir, "world.json"), "w") as f:
             json.dump({"world_size": world, "backend": dist.get_backend()}, f)
     dist.barrier()
-    dist.destroy_process_group()
+    # no destroy_process_group(): with gloo it can block when the peer has already exited; the
+    # process exit releases the group
 
 
 if __name__ == "__main__":
