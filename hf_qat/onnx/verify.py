@@ -7,7 +7,9 @@ absolute difference and, for outputs with a class axis (logits), how often the a
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -276,9 +278,6 @@ def tap_activation_quantizers(model: onnx.ModelProto, ids: Sequence[str]) -> tup
     (``hf_qat.activation_quantizer_ids``, written by hf_qat's exporter); without that list, the
     longest id in ``ids`` occurring in those names. Returns the serialized copy and ``{output: id}``.
     """
-    import json
-    import re
-
     graph = model.graph
     listed = next((p.value for p in model.metadata_props if p.key == "hf_qat.activation_quantizer_ids"), None)
     short_ids = json.loads(listed) if listed else None

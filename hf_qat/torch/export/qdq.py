@@ -108,10 +108,6 @@ def emitting_for(exporter: str, opset: int) -> Iterator[None]:
         _ONNX_OPSET.update(previous[1])
 
 
-def active_exporter() -> str | None:
-    return _ACTIVE["exporter"]
-
-
 # -- reference computations (what the ONNX nodes compute, for tracing) -----------------------------
 def _bshape(t: torch.Tensor, axis: int | None, ndim: int) -> torch.Tensor:
     if axis is None or t.dim() == 0:
