@@ -19,10 +19,11 @@ from collections import defaultdict
 from torch import nn
 
 from ..core.algo_config import QuantizationSettings
-from ..core.scopes import matches_any, nearest_names
+from ..core.placement import group_spec as _group_spec
+from ..core.placement import validate_scopes as _validate_scopes
 from ..core.spec import QuantizerGroup, QuantizerSpec
 from ..core.state import QuantizationPoint, QuantizerSetup, TargetType
-from ..errors import CompressionStateError, NothingToQuantizeError, ScopeError
+from ..errors import CompressionStateError, NothingToQuantizeError
 from .layers import layer_kind, wrap_module
 from .op_hooks import MATMUL_OPS, SDPA_OP, SDPA_PROBS_PORT, OpHookManager
 from .quantizers import BaseQuantizer, create_quantizer
@@ -31,48 +32,6 @@ from .tracing import GraphTrace, parse_node_name
 __all__ = ["build_quantizer_setup", "QuantizationContainer", "apply_setup", "CONTAINER_NAME"]
 
 CONTAINER_NAME = "_hf_qat"
-
-
-def _validate_scopes(settings: QuantizationSettings, names: list[str]) -> None:
-    checks: list[tuple[str, list[str]]] = [
-        ("ignored_scopes", settings.ignored_scopes),
-        ("target_scopes", settings.target_scopes),
-        ("weights.ignored_scopes", settings.weights.ignored_scopes),
-        ("weights.target_scopes", settings.weights.target_scopes),
-        ("activations.ignored_scopes", settings.activations.ignored_scopes),
-        ("activations.target_scopes", settings.activations.target_scopes),
-    ]
-    for group, overrides in settings.scope_overrides.items():
-        checks.append((f"scope_overrides.{group}", list(overrides)))
-    if settings.range_init_is_per_layer:
-        for i, r in enumerate(settings.range_init):
-            checks.append((f"initializer.range[{i}].target_scopes", r.target_scopes))
-            checks.append((f"initializer.range[{i}].ignored_scopes", r.ignored_scopes))
-    for where, patterns in checks:
-        for pattern in patterns:
-            if not any(matches_any(n, [pattern]) for n in names):
-                raise ScopeError(pattern, where, nearest_names(pattern, names))
-
-
-def _group_spec(
-    settings: QuantizationSettings, group: QuantizerGroup, names: list[str], scale_shape: tuple[int, ...] | None
-) -> QuantizerSpec:
-    g = settings.group_settings(group)
-    o = settings.override_for(group, names)
-    bits = o.get("bits", g.bits)
-    per_channel = o.get("per_channel", g.per_channel)
-    signed = o.get("signed", g.signed)
-    mode = o.get("mode", g.mode)
-    return QuantizerSpec(
-        num_bits=bits,
-        mode=mode,
-        signedness_to_force=signed,
-        narrow_range=False,
-        half_range=False,
-        scale_shape=scale_shape if (per_channel and scale_shape) else (1,),
-        is_quantized_on_export=group is QuantizerGroup.WEIGHTS,
-        compression_lr_multiplier=settings.compression_lr_multiplier,
-    )
 
 
 def build_quantizer_setup(model: nn.Module, trace: GraphTrace, settings: QuantizationSettings) -> QuantizerSetup:
