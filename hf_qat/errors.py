@@ -8,6 +8,8 @@ Messages say what was found, what was expected and what to do next.
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any, Sequence
 
 __all__ = [
@@ -20,6 +22,9 @@ __all__ = [
     "DistributedError",
     "ExportError",
     "HubError",
+    "JSONFileError",
+    "WriteError",
+    "CheckpointError",
 ]
 
 
@@ -105,3 +110,65 @@ class ExportError(HfQatError, RuntimeError):
 
 class HubError(HfQatError, RuntimeError):
     """A push to (or pull from) the Hugging Face Hub failed; the message says whether the repo changed."""
+
+
+class JSONFileError(HfQatError, ValueError):
+    """A JSON file or text hf_qat was asked to read is missing, too large, too deep or not JSON.
+
+    Attributes:
+        source (`str`): the file path (or a description of the text).
+        reason (`str`): what is wrong with it.
+    """
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"Cannot read {source}: {reason}.")
+
+
+class WriteError(HfQatError, OSError):
+    """Writing a file failed (disk full, quota, permissions); nothing was left under the final name.
+
+    Subclasses ``OSError`` and keeps the original ``errno`` (``errno.ENOSPC`` for a full disk).
+
+    Attributes:
+        path (`str`): the file (or folder) that was being written.
+    """
+
+    def __init__(self, path: str, cause: OSError, what: str = "file"):
+        self.path = path
+        full = cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        hint = (
+            f"The disk holding {os.path.dirname(os.path.abspath(path)) or '.'} is full (or over quota): free space there "
+            "and write again."
+            if full
+            else "Check the folder's permissions and free space, then write again."
+        )
+        message = (
+            f"Could not write the {what} {path}: {cause.strerror or cause}. Nothing was written under that name "
+            f"(a previous version, if any, is intact). {hint}"
+        )
+        super().__init__(cause.errno, message)
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class CheckpointError(WriteError):
+    """Saving a training checkpoint failed; the partial checkpoint was removed and earlier ones are intact."""
+
+
+class UnsupportedLayerError(HfQatError, ValueError):
+    """A layer in scope holds a weight hf_qat cannot quantize (a custom layer, or raw variables of a
+    subclassed model), or is already quantized by another tool.
+
+    Attributes:
+        layer (`str`): path of the layer in the model.
+        layer_class (`str`): its class name.
+    """
+
+    def __init__(self, layer: str, layer_class: str, detail: str):
+        self.layer = layer
+        self.layer_class = layer_class
+        super().__init__(f"Layer {layer!r} ({layer_class}) {detail}")
