@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
-    "HfQatError",
-    "ConfigError",
-    "ScopeError",
-    "NothingToQuantizeError",
     "CalibrationError",
+    "CheckpointError",
     "CompressionStateError",
+    "ConfigError",
     "DistributedError",
     "ExportError",
+    "HfQatError",
     "HubError",
     "JSONFileError",
+    "NothingToQuantizeError",
+    "ScopeError",
     "WriteError",
-    "CheckpointError",
 ]
 
 

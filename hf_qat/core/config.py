@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import os
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
-from ..errors import ConfigError
+from ..errors import ConfigError, JSONFileError
+from ..utils.jsonfile import loads_json
 from .schema import NNCF_CONFIG_SCHEMA, QUANTIZATION_ALGO_SCHEMA, UNSUPPORTED_KEYS
 
-__all__ = ["NNCFConfig", "validate_config", "json_path"]
+__all__ = ["NNCFConfig", "json_path", "validate_config"]
 
 #: Largest config file accepted by :meth:`NNCFConfig.from_json` (a config is a few kB; this guards
 #: against pointing the loader at a weights file by mistake).
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+#: Most elements one ``input_info`` tensor may have (2**28: 1 GiB of float32). Example inputs are
+#: allocated for tracing, so a typo such as ``[1, 3, 224224, 224]`` must fail here, not exhaust memory.
+MAX_INPUT_ELEMENTS = 2**28
 
 
 def json_path(parts: Iterable[Any]) -> str:
@@ -64,11 +71,29 @@ def _describe_allowed(error: ValidationError) -> str:
     return error.message
 
 
+def _narrow(error: ValidationError) -> ValidationError:
+    """For ``anyOf`` errors, the error inside the one alternative whose type fits the value.
+
+    ``{"input_info": {"sample_size": [1, 8], "type": 3}}`` is then reported at ``$.input_info.type``
+    (a string is expected there), not at ``$.input_info`` as "one of the forms: object or array".
+    """
+    while error.validator == "anyOf" and error.context:
+        branches: dict[Any, list[ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.schema_path[0], []).append(sub)
+        fitting = [errs for errs in branches.values() if not any(e.validator == "type" and not e.relative_path for e in errs)]
+        if len(fitting) != 1:
+            break
+        error = best_match(fitting[0])
+    return error
+
+
 def _raise_schema_error(error: ValidationError, prefix: tuple[Any, ...] = ()) -> None:
+    error = _narrow(error)
     path = prefix + tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = set(error.schema.get("properties", {}))
-        unknown = sorted(k for k in error.instance if k not in known)
+        unknown = sorted((k for k in error.instance if k not in known), key=str)
         if unknown:
             key = unknown[0]
             raise ConfigError(
@@ -80,9 +105,16 @@ def _raise_schema_error(error: ValidationError, prefix: tuple[Any, ...] = ()) ->
     raise ConfigError(json_path(path), error.instance, _describe_allowed(error))
 
 
+@functools.cache
+def _validator(schema_id: int) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_SCHEMAS[schema_id])
+
+
+_SCHEMAS = {id(NNCF_CONFIG_SCHEMA): NNCF_CONFIG_SCHEMA, id(QUANTIZATION_ALGO_SCHEMA): QUANTIZATION_ALGO_SCHEMA}
+
+
 def _validate_against(schema: dict, instance: Any, prefix: tuple[Any, ...]) -> None:
-    validator = jsonschema.Draft202012Validator(schema)
-    error = best_match(validator.iter_errors(instance))
+    error = best_match(_validator(id(schema)).iter_errors(instance))
     if error is not None:
         _raise_schema_error(error, prefix)
 
@@ -148,6 +180,36 @@ def _validate_quantization_entry(entry: dict, prefix: tuple[Any, ...], config: d
         )
 
 
+def _check_json_values(value: Any, path: tuple[Any, ...] = ()) -> None:
+    """JSON keys are strings and numbers are finite: NaN/Infinity pass JSON schema's range checks
+    (every comparison with NaN is false) and would turn into NaN ranges or learning rates."""
+    stack = [(value, path)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(json_path(path), value, "a finite number")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(json_path(path), f"<key {key!r}>", "an object with string keys")
+                stack.append((item, path + (key,)))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, path + (i,)) for i, item in enumerate(value))
+
+
+def _check_input_info(config: dict) -> None:
+    info = config.get("input_info")
+    entries = info if isinstance(info, list) else [info] if info is not None else []
+    for i, entry in enumerate(entries):
+        size = math.prod(entry["sample_size"])
+        if size > MAX_INPUT_ELEMENTS:
+            p = ("input_info",) + ((i,) if isinstance(info, list) else ()) + ("sample_size",)
+            raise ConfigError(
+                json_path(p), entry["sample_size"], f"a shape of at most {MAX_INPUT_ELEMENTS} elements",
+                detail=f"It has {size} elements; example inputs of that size are allocated for tracing.",
+            )
+
+
 def validate_config(config: dict) -> None:
     """Validate an NNCF config dict.
 
@@ -156,7 +218,9 @@ def validate_config(config: dict) -> None:
     """
     if not isinstance(config, dict):
         raise ConfigError("$", type(config).__name__, "a JSON object (dict)")
+    _check_json_values(config)
     _validate_against(NNCF_CONFIG_SCHEMA, config, ())
+    _check_input_info(config)
     compression = config.get("compression", [])
     entries = compression if isinstance(compression, list) else [compression]
     quantization = 0
@@ -195,7 +259,7 @@ class NNCFConfig(dict):
         self._extra_structs: dict[str, Any] = {}
 
     @classmethod
-    def from_dict(cls, nncf_dict: dict) -> "NNCFConfig":
+    def from_dict(cls, nncf_dict: dict) -> NNCFConfig:
         """Validate ``nncf_dict`` and return a deep copy of it as an `NNCFConfig`.
 
         Raises:
@@ -205,23 +269,24 @@ class NNCFConfig(dict):
         return cls(copy.deepcopy(nncf_dict))
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "NNCFConfig":
+    def from_json(cls, path: str | os.PathLike) -> NNCFConfig:
         """Read a JSON file and validate it (see `from_dict`).
 
         Raises:
-            [`ConfigError`]: if the file is not valid JSON or not a valid config.
+            [`ConfigError`]: if the file is larger than ``MAX_CONFIG_BYTES``, not UTF-8, not valid JSON
+                (``NaN``/``Infinity`` and duplicate keys included) or not a valid config.
             `FileNotFoundError`: if the file does not exist.
         """
         path = os.fspath(path)
         size = os.path.getsize(path)
         if size > MAX_CONFIG_BYTES:
             raise ConfigError("$", f"<{size} bytes in {path}>", f"a JSON file of at most {MAX_CONFIG_BYTES} bytes")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError("$", f"<{path}>", "valid JSON", f"Parse error at line {e.lineno} column {e.colno}: {e.msg}.")
+            data = loads_json(raw, source=path, max_bytes=MAX_CONFIG_BYTES, strict=True)
+        except JSONFileError as e:
+            raise ConfigError("$", f"<{path}>", "a JSON file holding an NNCF config", e.reason[0].upper() + e.reason[1:] + ".") from None
         return cls.from_dict(data)
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -230,12 +295,12 @@ class NNCFConfig(dict):
 
         atomic_write_text(path, json.dumps(dict(self), indent=2, sort_keys=True) + "\n")
 
-    def __deepcopy__(self, memo: dict) -> "NNCFConfig":
+    def __deepcopy__(self, memo: dict) -> NNCFConfig:
         new = NNCFConfig(copy.deepcopy(dict(self), memo))
         new._extra_structs = dict(self._extra_structs)  # loaders are shared, not copied
         return new
 
-    def copy(self) -> "NNCFConfig":  # type: ignore[override]
+    def copy(self) -> NNCFConfig:  # type: ignore[override]
         return copy.deepcopy(self)
 
     # -- non-serialisable objects registered next to the config -------------------------------
