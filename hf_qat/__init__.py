@@ -14,14 +14,17 @@ from .core.config import NNCFConfig
 from .core.spec import QuantizationMode, QuantizerSpec
 from .errors import (
     CalibrationError,
+    CheckpointError,
     CompressionStateError,
     ConfigError,
     DistributedError,
     ExportError,
     HfQatError,
     HubError,
+    JSONFileError,
     NothingToQuantizeError,
     ScopeError,
+    WriteError,
 )
 
 # -- PyTorch ------------------------------------------------------------------------------------
@@ -100,4 +103,7 @@ __all__ = [
     "DistributedError",
     "ExportError",
     "HubError",
+    "JSONFileError",
+    "WriteError",
+    "CheckpointError",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,19 +137,23 @@ class WriteError(HfQatError, OSError):
         path (`str`): the file (or folder) that was being written.
     """
 
-    def __init__(self, path: str, cause: OSError, what: str = "file"):
+    def __init__(self, path: str, cause: OSError, what: str = "file", detail: str | None = None):
         self.path = path
-        full = cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        hint = (
-            f"The disk holding {os.path.dirname(os.path.abspath(path)) or '.'} is full (or over quota): free space there "
-            "and write again."
-            if full
-            else "Check the folder's permissions and free space, then write again."
-        )
+        folder = os.path.dirname(os.path.abspath(path)) or "."
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there now"
+        except OSError:
+            free = "free space unknown"
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            hint = f"The disk holding {folder} is full or over a size limit ({free}): free space and write again."
+        else:
+            hint = f"Check that {folder} is writable and has room ({free}), then write again."
         message = (
             f"Could not write the {what} {path}: {cause.strerror or cause}. Nothing was written under that name "
             f"(a previous version, if any, is intact). {hint}"
         )
+        if detail:
+            message += f" {detail}"
         super().__init__(cause.errno, message)
         self.strerror = message
 

@@ -9,9 +9,12 @@ evaluation, logging, checkpoint rotation, ``push_to_hub``) is the Trainer's own.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import EvalPrediction, get_last_checkpoint
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    EvalPrediction,
+    get_last_checkpoint,
+    rotate_checkpoints,
+)
 
 from ..core.config import NNCFConfig
-from ..errors import CompressionStateError, ConfigError, ExportError
+from ..errors import CheckpointError, CompressionStateError, ConfigError, ExportError
 from ..torch.controller import QuantizationController
 from ..torch.init import register_default_init_args
 from ..torch.model_creation import create_compressed_model, is_compressed
+from ..utils.io import fsync_dir
 from .quantization_config import COMPRESSION_STATE_NAME, quantization_config_dict, read_json_file, write_qat_files
 
 __all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback", "default_nncf_config"]
@@ -35,6 +44,10 @@ __all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback",
 logger = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
+#: Checkpoints are written into ``.checkpoint-<step>.tmp`` beside their final folder, then renamed. The leading
+#: dot matters: transformers' ``sort_checkpoints`` (rotation) globs ``checkpoint-*`` and would count
+#: ``checkpoint-<step>.tmp`` as a checkpoint; ``get_last_checkpoint`` only takes ``checkpoint-<digits>``.
+STAGING_PREFIX = "." + PREFIX_CHECKPOINT_DIR
 
 
 def default_nncf_config(num_init_samples: int = 128) -> dict[str, Any]:
@@ -284,6 +297,62 @@ class QATTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # -- saving -------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        """``Trainer._save_checkpoint``, made atomic: everything is written into a staging folder that is
+        renamed to ``checkpoint-<step>`` only once complete (files and folder fsynced first).
+
+        A crash or kill mid-save leaves the previous checkpoints as they were and no ``checkpoint-<step>``
+        folder, so ``resume_from_checkpoint=True`` picks the last complete one. A failed write (full
+        disk ...) removes the staging folder and raises [`CheckpointError`]. Staging folders left by a
+        killed run are removed at the next save.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final = os.path.join(run_dir, name)
+        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}-{self.state.global_step}.tmp")
+        staging = os.path.join(staging_root, name)
+        if self.args.should_save:
+            _remove_stale_staging(run_dir)
+            os.makedirs(staging_root, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation: after the rename
+        self._get_output_dir = lambda trial=None: staging_root  # type: ignore[method-assign]
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException as e:
+            if self.args.should_save:
+                shutil.rmtree(staging_root, ignore_errors=True)
+            if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: cleaned up, passed on
+                raise
+            cause = e if isinstance(e, OSError) else OSError(_errno_of(e), f"{type(e).__name__}: {e}")
+            last = get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+            raise CheckpointError(
+                final, cause, "checkpoint",
+                detail=f"Last complete checkpoint: {last or 'none'}; resume from it with resume_from_checkpoint=True.",
+            ) from e
+        finally:
+            del self._get_output_dir
+            self.args.save_total_limit = save_total_limit
+        # Trainer resolved the best checkpoint inside the staging root: point at final names instead
+        best = self.state.best_global_step
+        if best and (best == self.state.global_step or os.path.isdir(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best}"))):
+            self.state.best_model_checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best}")
+        self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states are per rank)
+        if self.args.should_save:
+            if os.path.isfile(os.path.join(staging, "trainer_state.json")):  # with the final best-checkpoint path
+                self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+            _fsync_tree(staging)
+            _replace_dir(staging, final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            fsync_dir(run_dir)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         ctrl = self.compression_ctrl
@@ -498,6 +567,42 @@ def _task_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> 
     if getattr(config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
         return float(F.mse_loss(logits.squeeze(-1), labels.float())), len(labels)
     return float(F.cross_entropy(logits, labels)), len(labels)
+
+
+def _errno_of(error: BaseException) -> int | None:
+    """The errno behind an exception raised by native writers (safetensors reports "... (os error 28)")."""
+    match = re.search(r"os error (\d+)", str(error))
+    return int(match.group(1)) if match else None
+
+
+def _fsync_tree(folder: str) -> None:
+    """Flush every file of ``folder`` (and the folder) to disk before it is renamed into place."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` (a re-run over the same output_dir) is moved aside first."""
+    if os.path.exists(dst):
+        aside = f"{os.path.join(os.path.dirname(dst), STAGING_PREFIX)}-{os.path.basename(dst)}.old"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(dst, aside)
+        os.replace(src, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _remove_stale_staging(run_dir: str) -> None:
+    """Delete staging folders of saves that never finished (a killed run); they are never checkpoints."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(run_dir):
+            if entry.startswith(STAGING_PREFIX + "-") and entry.endswith((".tmp", ".old")):
+                logger.warning("hf_qat: removing %s, left by an interrupted checkpoint save", os.path.join(run_dir, entry))
+                shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
 
 
 def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
