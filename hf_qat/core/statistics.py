@@ -33,6 +33,7 @@ __all__ = [
     "symmetric_range",
     "asymmetric_range",
     "MIN_SCALE",
+    "numpy_batch_statistics",
 ]
 
 #: Smallest symmetric scale / asymmetric range produced by range init: constant or all-zero tensors
@@ -330,3 +331,47 @@ def _fill_missing(scale: np.ndarray) -> np.ndarray:
         return scale
     fill = float(scale[finite].max()) if finite.any() else 1.0
     return np.where(finite, scale, fill)
+
+
+#: Largest random subsample per channel and batch kept for percentile-type range statistics.
+MAX_VALUES_PER_BATCH = 1 << 16
+
+
+def numpy_batch_statistics(
+    x: np.ndarray, channel_axis: int | None, need_values: bool, seed: int = 0
+) -> tuple[bool, BatchStatistics] | None:
+    """Reduce an array to per-sample, per-channel statistics (non-finite values excluded).
+
+    The NumPy counterpart of the PyTorch backend's reduction, for backends that calibrate on host
+    arrays (Keras). Sample axis is 0; ``channel_axis`` (or ``None``, per-tensor) keeps channels apart.
+    Returns ``(had_nonfinite, stats)``, or ``None`` for an empty array.
+    """
+    x = np.asarray(x)
+    if x.size == 0:
+        return None
+    x = x.astype(np.float64) if x.dtype != np.float64 else x
+    if x.ndim == 0:
+        x = x.reshape(1)
+    if channel_axis is None:
+        x3 = x.reshape(x.shape[0], 1, -1)
+    else:
+        moved = np.moveaxis(x, channel_axis, 1) if x.ndim > 1 else x.reshape(1, -1)
+        x3 = moved.reshape(moved.shape[0], moved.shape[1], -1)
+    finite = np.isfinite(x3)
+    nonfinite = not bool(finite.all())
+    with np.errstate(invalid="ignore"):
+        mins = np.where(finite, x3, np.inf).min(axis=2)
+        maxs = np.where(finite, x3, -np.inf).max(axis=2)
+        absmax = np.where(finite, np.abs(x3), -np.inf).max(axis=2)
+    clean = lambda a: np.where(np.isfinite(a), a, np.nan)  # noqa: E731
+    values = None
+    if need_values:
+        per_channel = np.swapaxes(x3, 0, 1).reshape(x3.shape[1], -1)
+        if nonfinite:
+            per_channel = per_channel[:, np.isfinite(per_channel).all(axis=0)]
+        n = per_channel.shape[1]
+        if n > MAX_VALUES_PER_BATCH:
+            idx = np.random.default_rng(seed + n).integers(0, n, MAX_VALUES_PER_BATCH)
+            per_channel = per_channel[:, idx]
+        values = per_channel.astype(np.float32)
+    return nonfinite, BatchStatistics(clean(mins), clean(maxs), clean(absmax), values)

@@ -1,0 +1,288 @@
+"""The Keras quantization controller (NNCF's ``QuantizationController`` API for TensorFlow)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..core.algo_config import QuantizationSettings
+from ..core.report import CompressionStatistics, QuantizationStatistics
+from ..core.scheduler import QuantizationScheduler
+from ..core.state import ALGO_NAME, QuantizerSetup, make_compression_state
+from ..errors import CompressionStateError
+from .quantizers import KerasQuantizer
+
+__all__ = ["CompressionCallback", "CompressionStage", "KerasQuantizationController"]
+
+
+class CompressionStage(enum.IntEnum):
+    UNCOMPRESSED = 0
+    PARTIALLY_COMPRESSED = 1
+    FULLY_COMPRESSED = 2
+
+
+class CompressionCallback(keras.callbacks.Callback):
+    """Drives the controller's scheduler from ``model.fit``: ``epoch_step`` before each epoch, ``step`` per batch.
+
+    Staged quantization (``params.activations_quant_start_epoch``/``weights_quant_start_epoch``)
+    switches quantizers through variables read inside the compiled train step, so no retracing
+    is needed.
+    """
+
+    def __init__(self, ctrl: KerasQuantizationController):
+        super().__init__()
+        self.ctrl = ctrl
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.ctrl.scheduler.epoch_step(epoch)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.ctrl.scheduler.step()
+
+
+class KerasQuantizationController:
+    """Controls the quantizers of a compressed Keras model.
+
+    Obtain one from [`hf_qat.keras.create_compressed_model`]. ``ctrl.callbacks()`` gives the Keras
+    callbacks that run the compression scheduler during ``model.fit``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        setup: QuantizerSetup,
+        quantizers: dict[str, KerasQuantizer],
+        settings: QuantizationSettings,
+        config: Any,
+    ):
+        self._model = model
+        self.setup = setup
+        self.quantizers = quantizers
+        self.settings = settings
+        self.config = config
+        self.scheduler = QuantizationScheduler(
+            settings.activations_quant_start_epoch,
+            settings.weights_quant_start_epoch,
+            self._apply_stage,
+        )
+        self.scheduler._update_stage()
+
+    # -- NNCF controller API --------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @property
+    def name(self) -> str:
+        return ALGO_NAME
+
+    @property
+    def weight_quantizers(self) -> dict[str, KerasQuantizer]:
+        return {qid: q for qid, q in self.quantizers.items() if q.is_weight}
+
+    @property
+    def activation_quantizers(self) -> dict[str, KerasQuantizer]:
+        return {qid: q for qid, q in self.quantizers.items() if not q.is_weight}
+
+    def loss(self) -> tf.Tensor:
+        """Compression loss: zero for quantization (kept for NNCF-style training loops)."""
+        return tf.zeros(())
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        """Keras callbacks to pass to ``model.fit`` (the compression scheduler)."""
+        return [CompressionCallback(self)]
+
+    def compression_stage(self) -> CompressionStage:
+        enabled = [q.enabled for q in self.quantizers.values()]
+        if all(enabled):
+            return CompressionStage.FULLY_COMPRESSED
+        return (
+            CompressionStage.PARTIALLY_COMPRESSED
+            if any(enabled)
+            else CompressionStage.UNCOMPRESSED
+        )
+
+    def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
+        wq = list(self.weight_quantizers.values())
+        aq = list(self.activation_quantizers.values())
+        all_q = wq + aq
+        stats = QuantizationStatistics(
+            wq_counter=len(wq),
+            aq_counter=len(aq),
+            wq_potential_num=self.setup.wq_potential_num,
+            aq_potential_num=self.setup.aq_potential_num,
+            num_wq_per_bitwidth=QuantizationStatistics.bitwidth_histogram(
+                [q.spec.num_bits for q in wq]
+            ),
+            num_aq_per_bitwidth=QuantizationStatistics.bitwidth_histogram(
+                [q.spec.num_bits for q in aq]
+            ),
+            num_enabled=sum(q.enabled for q in all_q),
+            num_symmetric=sum(q.spec.symmetric for q in all_q),
+            num_per_channel=sum(q.spec.per_channel for q in all_q),
+        )
+        return CompressionStatistics(stats)
+
+    def quantized_layers_table(self) -> str:
+        """One line per layer hf_qat looked at: what is quantized there (and what is not)."""
+        from .insertion import walk_layers
+
+        rows = []
+        for node in walk_layers(self._model):
+            if node.kind is None:
+                continue
+            w = self.quantizers.get(node.path)
+            a = self.quantizers.get(f"{node.path}|INPUT0")
+            describe = lambda q: (
+                "float"
+                if q is None
+                else f"{q.spec.num_bits}-bit {q.spec.mode.value}"
+                + (
+                    " per-channel" if q.spec.per_channel else ""
+                )
+            )
+            rows.append(
+                f"{node.path:<60} {node.kind.name:<12} weight: {describe(w):<28} input: {describe(a)}"
+            )
+        return "\n".join(rows)
+
+    # -- switches ---------------------------------------------------------------------------
+    def _set(self, quantizers, enabled: bool) -> None:
+        for q in quantizers:
+            q.set_enabled(enabled)
+
+    def enable_weight_quantization(self) -> None:
+        self._set(self.weight_quantizers.values(), True)
+
+    def disable_weight_quantization(self) -> None:
+        self._set(self.weight_quantizers.values(), False)
+
+    def enable_activation_quantization(self) -> None:
+        self._set(self.activation_quantizers.values(), True)
+
+    def disable_activation_quantization(self) -> None:
+        self._set(self.activation_quantizers.values(), False)
+
+    def _apply_stage(self, weights: bool, activations: bool) -> None:
+        self._set(self.weight_quantizers.values(), weights)
+        self._set(self.activation_quantizers.values(), activations)
+
+    # -- state ------------------------------------------------------------------------------
+    def get_ctrl_state(self) -> dict[str, Any]:
+        return {
+            "loss_state": None,
+            "scheduler_state": self.scheduler.get_state(),
+            "compression_stage": int(self.compression_stage()),
+        }
+
+    def get_compression_state(self) -> dict[str, Any]:
+        """JSON-serialisable state that recreates the quantizers (NNCF layout, same as PyTorch's).
+
+        Keep it next to a ``tf.train.Checkpoint`` (see [`hf_qat.keras.CompressionState`]) and pass it
+        to ``create_compressed_model(model, config, compression_state=...)`` to restore.
+        """
+        return make_compression_state(self.setup, self.get_ctrl_state())
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Load a controller state: the ``ctrl_state`` part, or a whole compression state."""
+        if "ctrl_state" in state:
+            state = state["ctrl_state"]
+        if ALGO_NAME in state:
+            state = state[ALGO_NAME]
+        if not isinstance(state, dict):
+            raise CompressionStateError(
+                f"controller state must be an object, got {type(state).__name__}"
+            )
+        scheduler_state = state.get("scheduler_state")
+        if scheduler_state is not None:
+            self.scheduler.load_state(scheduler_state)
+
+    def quantizer_arrays(self) -> dict[str, np.ndarray]:
+        """Every quantizer variable as an array, keyed ``<quantizer id>/<variable>`` (safetensors-ready)."""
+        out: dict[str, np.ndarray] = {}
+        for q in self.quantizers.values():
+            out.update(q.state_arrays())
+        return out
+
+    def load_quantizer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Assign quantizer variables from :meth:`quantizer_arrays` output; checks everything first.
+
+        Raises:
+            [`CompressionStateError`]: keys missing or shapes different (first mismatches listed); nothing is assigned then.
+        """
+        problems = []
+        for q in self.quantizers.values():
+            for key, var in q.variables.items():
+                name = f"{q.id}/{key}"
+                if name not in arrays:
+                    problems.append(f"{name}: missing")
+                elif tuple(np.shape(arrays[name])) != tuple(var.shape):
+                    problems.append(
+                        f"{name}: shape {list(np.shape(arrays[name]))}, expected {list(var.shape)}"
+                    )
+        extra = sorted(
+            set(arrays)
+            - {f"{q.id}/{k}" for q in self.quantizers.values() for k in q.variables}
+        )
+        problems += [f"{name}: not a quantizer of this model" for name in extra[:5]]
+        if problems:
+            raise CompressionStateError(
+                f"Quantizer variables do not fit the model ({len(problems)} mismatch(es), first shown):\n  - "
+                + "\n  - ".join(problems[:10])
+            )
+        for q in self.quantizers.values():
+            q.load_arrays(arrays)
+
+    # -- distributed ------------------------------------------------------------------------
+    def distributed(self) -> None:
+        """NNCF-compatible no-op with a check: under ``tf.distribute`` the quantizer variables are
+        replicated by the strategy (create the model and compress it inside ``strategy.scope()``).
+
+        Raises:
+            [`DistributedError`]: a strategy is active but the quantizer variables were created outside its scope.
+        """
+        from ..errors import DistributedError
+
+        if not tf.distribute.has_strategy():
+            return
+        strategy = tf.distribute.get_strategy()
+        for q in self.quantizers.values():
+            for var in q.variables.values():
+                if not strategy.extended.variable_created_in_scope(
+                    getattr(var, "_value", var)
+                ):
+                    raise DistributedError(
+                        f"Quantizer variable {q.id}/{var.name} was created outside the active strategy's scope: build "
+                        "and compress the model inside `with strategy.scope():`."
+                    )
+
+    # -- export -----------------------------------------------------------------------------
+    def export_model(
+        self,
+        save_path: str,
+        save_format: str = "frozen_graph",
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        verify: bool = True,
+    ):
+        """Export the quantized model (NNCF-TF's ``export_model``).
+
+        ``save_format``: ``"frozen_graph"`` (default, TF2 frozen GraphDef ``.pb`` with FakeQuant nodes),
+        ``"saved_model"`` (a SavedModel folder with a ``serve`` endpoint) or ``"onnx"``/``"onnx_<opset>"``
+        (ONNX with int8 weights and QuantizeLinear/DequantizeLinear, verified in ONNX Runtime unless
+        ``verify=False``). Returns an [`hf_qat.keras.KerasExportResult`].
+        """
+        from .export import export_keras
+
+        return export_keras(
+            self,
+            save_path,
+            save_format,
+            input_names=input_names,
+            output_names=output_names,
+            verify=verify,
+        )

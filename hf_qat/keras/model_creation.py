@@ -1,0 +1,148 @@
+"""``create_compressed_model`` for Keras 3: config -> layer walk -> quantizer setup -> quantizers -> range init."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..core.algo_config import QuantizationSettings
+from ..core.config import NNCFConfig
+from ..core.state import parse_compression_state
+from ..errors import ConfigError, UnsupportedLayerError
+from .controller import KerasQuantizationController
+from .init import KerasRangeInitArgs, run_range_init
+from .insertion import (
+    apply_setup,
+    build_quantizer_setup,
+    remove_quantizers,
+    walk_layers,
+)
+from .layers import layer_quantizers
+
+__all__ = ["create_compressed_model", "inputs_from_input_info", "is_compressed"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float": "float32",
+    "long": "int64",
+    "int": "int32",
+    "bool": "bool",
+    "half": "float16",
+    "double": "float64",
+}
+
+
+def is_compressed(model: Any) -> bool:
+    return any(layer_quantizers(n.layer) is not None for n in walk_layers(model))
+
+
+def inputs_from_input_info(input_info: Any) -> Any:
+    """Example arrays described by NNCF's ``input_info`` (a dict by ``keyword`` when entries name one)."""
+    entries = input_info if isinstance(input_info, list) else [input_info]
+    rng = np.random.default_rng(0)
+    arrays: list[tuple[str | None, np.ndarray]] = []
+    for entry in entries:
+        shape = entry["sample_size"]
+        dtype = _DTYPES.get(entry.get("type", "float"), "float32")
+        filler = entry.get("filler", "random" if dtype.startswith("float") else "ones")
+        if filler == "zeros":
+            a = np.zeros(shape, dtype)
+        elif filler == "ones":
+            a = np.ones(shape, dtype)
+        elif dtype.startswith("float"):
+            a = rng.random(shape).astype(dtype)
+        else:
+            a = rng.integers(0, 2, shape).astype(dtype)
+        arrays.append((entry.get("keyword"), a))
+    if all(k is not None for k, _ in arrays):
+        return {k: a for k, a in arrays}
+    values = [a for _, a in arrays]
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _ensure_built(model: Any, config: NNCFConfig) -> None:
+    if getattr(model, "built", False) and model.weights:
+        return
+    if "input_info" not in config:
+        raise ConfigError(
+            "$.input_info",
+            None,
+            "an input description to build the unbuilt Keras model",
+            detail="Build the model first (call it once, or give it an Input) or add 'input_info' to the config.",
+        )
+    model(inputs_from_input_info(config["input_info"]), training=False)
+
+
+def create_compressed_model(
+    model: Any,
+    config: NNCFConfig | dict,
+    compression_state: dict[str, Any] | None = None,
+) -> tuple[KerasQuantizationController, Any]:
+    """Insert trainable fake quantizers into a Keras 3 model (in place), as the NNCF config says.
+
+    Works on Sequential and Functional models and on keras-hub models, including layers nested in
+    other layers (transformer blocks, the ``EinsumDense`` projections inside attention). The model
+    keeps its class, layers, names and config. Without ``compression_state`` the ranges are
+    initialised from the data registered with [`hf_qat.keras.register_default_init_args`]; with it
+    (from ``ctrl.get_compression_state()``) the same quantizers are recreated without range init:
+    restore the checkpoint afterwards (``tf.train.Checkpoint.read`` or
+    ``ctrl.load_quantizer_arrays``) to get identical outputs.
+
+    Under ``tf.distribute`` call it inside ``strategy.scope()``: the quantizer variables are then
+    mirrored like the model's own.
+
+    Returns:
+        `(KerasQuantizationController, keras.Model)`: the controller and the same model object.
+
+    Raises:
+        [`ConfigError`]: invalid config (nothing modified).
+        [`ScopeError`] / [`NothingToQuantizeError`] / [`UnsupportedLayerError`]: scopes matching nothing, nothing
+            to quantize, or a layer in scope that hf_qat cannot quantize (nothing modified).
+        [`CalibrationError`]: calibration data that does not fit the model (nothing modified).
+        [`CompressionStateError`]: a compression state that does not fit the model (nothing modified).
+    """
+    if not isinstance(config, NNCFConfig):
+        config = NNCFConfig.from_dict(config)
+    settings = QuantizationSettings.from_config(config)
+    if not hasattr(model, "_flatten_layers"):
+        raise UnsupportedLayerError(
+            "<model>",
+            type(model).__name__,
+            "is not a Keras 3 model or layer; hf_qat.keras compresses keras.Model objects.",
+        )
+    if is_compressed(model):
+        raise ValueError(
+            "The model is already compressed by hf_qat; pass the original (float) model."
+        )
+    setup = ctrl_state = None
+    if compression_state is not None:
+        setup, ctrl_state = parse_compression_state(compression_state)
+    range_args = (
+        config.get_extra_struct(KerasRangeInitArgs)
+        if config.has_extra_struct(KerasRangeInitArgs)
+        else None
+    )
+    _ensure_built(model, config)
+    if setup is None:
+        setup = build_quantizer_setup(model, settings)
+    quantizers = apply_setup(model, setup)
+    try:
+        ctrl = KerasQuantizationController(model, setup, quantizers, settings, config)
+        if ctrl_state is not None:
+            for q in quantizers.values():
+                q.initialized = True
+            ctrl.load_state(ctrl_state)
+        else:
+            run_range_init(model, quantizers, settings, range_args)
+    except BaseException:
+        remove_quantizers(model)
+        raise
+    logger.info(
+        "hf_qat: %d weight and %d input quantizers inserted",
+        len(ctrl.weight_quantizers),
+        len(ctrl.activation_quantizers),
+    )
+    return ctrl, model
