@@ -27,7 +27,9 @@ and refs/pr, tags, list_repo_refs/list_repo_commits, copies, Range, redirects, .
 
 Test hooks: `server.requests` logs every (method, path-without-query); `server.faults` takes `Fault`s, each
 answering its next `times` matching requests with `status`, or closing the connection unanswered if `drop=True`
-(`times` counts down in place); `server.files(repo_id, revision)` and `server.commits(repo_id, revision)`.
+(`times` counts down in place); `delay` seconds of silence first (a client timeout); `after=True` handles the
+request normally and then drops the connection before the response (the commit landed, the client never hears);
+`server.files(repo_id, revision)` and `server.commits(repo_id, revision)`.
 
 Recipe (verified with huggingface_hub 2.4.0 and transformers 5.24): huggingface_hub copies HF_ENDPOINT,
 HF_HUB_OFFLINE (tests/conftest.py sets it to 1), HF_HUB_DISABLE_XET and the cache paths into
@@ -105,13 +107,18 @@ class Repo:
 @dataclass
 class Fault:
     """Answer the next `times` requests with this method (None: any) whose path contains `path_contains`
-    with HTTP `status`, or close the connection without any response when `drop` is set."""
+    with HTTP `status`, or close the connection without any response when `drop` is set. `delay` waits that
+    many seconds first (longer than the client's timeout: a hung server). With `after`, the request is
+    handled normally and the connection is then closed without the response (with `drop`) or answered
+    with `status`: the server changed state but the client cannot know."""
 
     method: str | None = None
     path_contains: str = ""
     status: int = 500
     times: int = 1
     drop: bool = False
+    delay: float = 0.0
+    after: bool = False
 
 
 class HubError(Exception):
@@ -452,14 +459,21 @@ class _Handler(BaseHTTPRequestHandler):
         with hub._lock:
             hub.requests.append((method, url.path))
         fault = hub._take_fault(method, url.path)
-        if fault is not None and fault.drop:
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.drop and not fault.after:
             self.close_connection = True  # the client sees "server disconnected without sending a response"
             return
         try:
-            if fault is not None:
+            if fault is not None and not fault.after:
                 raise HubError(fault.status, f"Injected fault: HTTP {fault.status}")
             with hub._lock:  # the state is small and in memory: handle one request at a time
                 status, headers, payload = hub._route(method, url.path, parse_qs(url.query), body, self.headers)
+            if fault is not None and fault.drop:  # handled, but the response is lost
+                self.close_connection = True
+                return
+            if fault is not None:
+                raise HubError(fault.status, f"Injected fault after handling: HTTP {fault.status}")
         except HubError as e:
             error_headers = {"X-Error-Message": e.message, **e.extra.pop("headers", {})}
             if e.code:

@@ -177,10 +177,13 @@ def test_push_refused_before_upload(hub, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fault", ["lfs_500", "commit_drop"])
-def test_failed_push_leaves_the_repo_unchanged(hub, tmp_path, no_backoff_sleep, fault):
+def test_failed_push_leaves_the_repo_unchanged(hub, tmp_path, no_backoff_sleep, fault, monkeypatch):
     from hub_server import Fault
 
+    from hf_qat.integrations import hub as hub_module
     from hf_qat.integrations.hub import push_qat_folder
+
+    monkeypatch.setattr(hub_module, "_sleep", no_backoff_sleep.append)  # hf_qat's whole-push retries
 
     folder, local = saved_model(tmp_path)
     repo = f"test-user/faulty-{fault}"
@@ -188,14 +191,14 @@ def test_failed_push_leaves_the_repo_unchanged(hub, tmp_path, no_backoff_sleep, 
     first = hub.files(repo)
     (folder / "model.safetensors").write_bytes(local["model.safetensors"][:-8] + b"\0" * 8)  # a changed model
     if fault == "lfs_500":
-        hub.faults.append(Fault(method="PUT", path_contains="/lfs/", status=500, times=10))
+        hub.faults.append(Fault(method="PUT", path_contains="/lfs/", status=500, times=1000))
     else:
-        hub.faults.append(Fault(method="POST", path_contains="/commit/", drop=True, times=10))
+        hub.faults.append(Fault(method="POST", path_contains="/commit/", drop=True, times=1000))
     with pytest.raises(hf_qat.HubError, match="is unchanged"):
         push_qat_folder(folder, repo)
     hub.faults.clear()
     assert hub.files(repo) == first  # the previous push, whole
-    assert len(no_backoff_sleep) <= 5  # bounded retries
+    assert len(no_backoff_sleep) <= 3 * 5 + 2  # bounded retries: 3 pushes of at most 5 client retries, 2 waits between
     assert (folder / "config.json").read_bytes() == local["config.json"]
 
 
