@@ -15,7 +15,12 @@ import pytest
 from hub_server import Fault, HubServer, patch_clients
 from testing_utils import inputs_of, quant_config, text_batches, tiny_bert
 
-from hf_qat import HubError, NNCFConfig, create_compressed_model, register_default_init_args
+from hf_qat import (
+    HubError,
+    NNCFConfig,
+    create_compressed_model,
+    register_default_init_args,
+)
 from hf_qat.integrations import hub as hub_module
 from hf_qat.integrations.hub import push_qat_folder, save_qat_model
 
@@ -54,7 +59,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[float]]:
     fake_time.__dict__.update(_http.time.__dict__)
     fake_time.sleep = recorded["client"].append
     monkeypatch.setattr(_http, "time", fake_time)
-    monkeypatch.setattr(hub_module, "_sleep", recorded["push"].append, raising=False)
+    monkeypatch.setattr(hub_module, "_sleep", recorded["push"].append)
     return recorded
 
 
