@@ -121,12 +121,17 @@ def push_qat_folder(
     endpoint: str | None = None,
     timeout: float | None = None,
     attempts: int | None = None,
+    allow_patterns: list[str] | None = None,
+    required: list[str] | None = None,
 ) -> Any:
     """Upload the QAT files of ``folder`` (:data:`PUSHED_FILES`) to ``repo_id`` in one commit.
 
     Args:
         timeout: seconds per request before it counts as failed (default :data:`DEFAULT_TIMEOUT`).
         attempts: whole-push attempts on transient failures (default :data:`DEFAULT_ATTEMPTS`).
+        allow_patterns: files to upload (default :data:`PUSHED_FILES`, a transformers QAT checkpoint).
+        required: files the folder must hold (default: the transformers checkpoint's); callers with their
+            own layout (Keras) check it themselves and pass ``[]``.
 
     Returns:
         The ``CommitInfo`` of the commit (of the existing head when the hub already holds these files).
@@ -139,9 +144,10 @@ def push_qat_folder(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    required = ["config.json", "compression_state.json", "nncf_config.json"]
+    default_layout = required is None
+    required = ["config.json", "compression_state.json", "nncf_config.json"] if default_layout else list(required)
     missing = [f for f in required if not (folder / f).is_file()]
-    if not any(folder.glob("model*.safetensors")):
+    if default_layout and not any(folder.glob("model*.safetensors")):
         missing.append("model.safetensors")
     if missing:
         raise FileNotFoundError(f"{folder} is not a saved QAT model: missing {missing}")
@@ -159,7 +165,7 @@ def push_qat_folder(
                 return api.upload_folder(
                     repo_id=repo_id,
                     folder_path=str(folder),
-                    allow_patterns=PUSHED_FILES,
+                    allow_patterns=PUSHED_FILES if allow_patterns is None else allow_patterns,
                     commit_message=commit_message,
                     revision=revision,
                 )
