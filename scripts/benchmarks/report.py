@@ -1,0 +1,262 @@
+"""Render the suite's results as ``BENCHMARKS.md`` tables, target verdicts and the scaling plot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TARGETS = {
+    "step_ratio": 1.20,
+    "acc_drop_pt": 0.5,
+    "size_ratio": 0.30,
+    "ort_b1_ratio": 0.85,
+}
+
+
+def _f(x, fmt=".3f", none="-") -> str:
+    return none if x is None else format(x, fmt)
+
+
+def verdict(value: float | None, target: float, higher_is_better: bool = False) -> str:
+    """``met`` or ``MISSED by <margin>`` (``not measured`` when there is no value)."""
+    if value is None:
+        return "not measured"
+    miss = (target - value) if higher_is_better else (value - target)
+    return "met" if miss <= 1e-12 else f"**MISSED** by {miss:.3g}"
+
+
+# -- sections -----------------------------------------------------------------------------------
+def training_md(t: dict) -> list[str]:
+    lines = [
+        "## 1. Training cost: QAT vs FP32",
+        "",
+        (f"Batch {t['batch_size']}, sequence {t['seq_len']}, AdamW, CPU ({t['threads']} threads). Median of "
+        + ", ".join(f"{m['steps']} steps after {m['warmup']} warm-up steps ({m['label']})" for m in t["models"])
+        + " per variant; the variants of one process take turns step by step, and "
+        "each ratio is to the FP32 copy timed **in the same process** (NNCF runs in its own virtual environment, "
+        "with its own FP32 baseline). *Step memory* is the median increase of the process's peak resident memory "
+        "during one step over its resident memory before it (activations, gradients, optimizer temporaries), "
+        "measured with Linux's peak-RSS counter (`clear_refs`) and `MALLOC_MMAP_THRESHOLD_=65536`. *Setup* is "
+        "the time to build the QAT model (insertion and range init on "
+        f"{t['calibration_samples']} samples)."),
+        "",
+        "| model | variant | step (s), median [min-max] | QAT/FP32 step | step memory (MiB) | memory / FP32 | setup (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in t["models"]:
+        for row in m["rows"]:
+            if "skipped" in row:
+                lines.append(f"| {m['label']} | {row['label']} | skipped: {row['skipped']} | | | | |")
+                continue
+            lines.append(
+                f"| {m['label']} | {row['label']} | {row['median_s']:.3f} [{row['min_s']:.3f}-{row['max_s']:.3f}] | "
+                f"{_f(row.get('ratio'), '.2f')} | {_f(row.get('peak_mem_mib'), '.0f')} | {_f(row.get('mem_ratio'), '.2f')} | "
+                f"{_f(row.get('setup_s'), '.1f') if row['variant'] != 'fp32' else '-'} |"
+            )
+    lines += ["", "Variants: " + t["variant_notes"], ""]
+    return lines
+
+
+def accuracy_md(a: dict) -> list[str]:
+    c = a["config"]
+    lines = [
+        "## 2. Accuracy: SST-2, INT8 as deployed",
+        "",
+        f"{a['model_label']} fine-tuned in FP32 for {c['finetune_steps']} steps (batch {c['batch_size']}, lr {c['finetune_lr']:g}, "
+        f"warm-up and linear decay) on SST-2 `train.tsv` ({a['train_size']} rows); every INT8 route starts from that "
+        f"model and calibrates on the same {c['calibration_samples']} training sentences; both QAT rows train "
+        f"{c['qat_steps']} steps on the same batches with AdamW at lr {c['qat_lr']:g} (constant). Accuracy of the "
+        f"ONNX file in ONNX Runtime (CPU, default optimisations) on `test.tsv` ({a['test_size']} sentences"
+        + (", GLUE's validation set" if a["test_size"] == 872 else "")
+        + f"); one sentence is {100 / a['test_size']:.2f} points.",
+        "",
+        "| route | accuracy (%) | vs FP32 (points) | ONNX size (MiB) | time (s) | training |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in a["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['method']} | skipped: {r['skipped']} | | | | |")
+            continue
+        lines.append(
+            f"| {r['method']} | {100 * r['accuracy']:.2f} | {r['delta_pt']:+.2f} | {r['size_mib']:.1f} | "
+            f"{_f(r.get('time_s'), '.0f')} | {r['train']} |"
+        )
+    lines += ["", ("NNCF's ONNX files come from its legacy `QuantizeLinear`/`DequantizeLinear` export mode (float "
+              "weights behind Q/DQ pairs, hence the size); ONNX Runtime's from `quantize_static` (QDQ, per-channel "
+              "int8 weights, uint8 activations, MinMax)."), ""]
+    return lines
+
+
+def inference_md(i: dict) -> list[str]:
+    sizes, lat, labels = i["sizes_mib"], i["latency_ms"], i["labels"]
+    runtimes = list(lat)
+    batches = sorted({int(b) for rt in lat.values() for per in rt.values() for b in per})
+    head = "| model | size (MiB) | size / FP32 | " + " | ".join(
+        f"{rt} b{b} (ms) | / FP32" for rt in runtimes for b in batches) + " |"
+    lines = [
+        "## 3. Inference: ONNX latency and size",
+        "",
+        f"Sequence {i['seq_len']}, CPU, each runtime's default threading, median of "
+        + ", ".join(f"{v} runs at batch {k}" for k, v in i["repeats"].items())
+        + " (files take turns). " + i["source"],
+        "",
+        head,
+        "|" + "---|" * (3 + 2 * len(runtimes) * len(batches)),
+    ]
+    for k in sizes:
+        cells = [labels[k], f"{sizes[k]:.1f}", f"{sizes[k] / sizes['fp32']:.3f}"]
+        for rt in runtimes:
+            for b in batches:
+                v, ref = lat[rt][k].get(b, lat[rt][k].get(str(b))), lat[rt]["fp32"].get(b, lat[rt]["fp32"].get(str(b)))
+                cells += [f"{v:.1f}", f"{v / ref:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def scaling_md(s: dict, plot_rel: str | None) -> list[str]:
+    base = s["base"]
+    lines = [
+        "## 4. Scaling",
+        "",
+        (f"BERT configs with random weights, batch {s['batch_size']}; one dimension varies at a time around layers "
+        f"{base['layers']}, hidden {base['hidden']}, sequence {base['seq_len']} (head size 32, FFN 4x hidden). "
+        f"Calibration: `create_compressed_model` with range init on {s['calibration_samples']} samples."),
+        "",
+    ]
+    if plot_rel:
+        lines += [f"![step and calibration time vs layers, hidden size, sequence length]({plot_rel})", ""]
+    lines += ["| layers | hidden | seq | params (M) | FP32 step (s) | QAT step (s) | QAT/FP32 | calibration (s) |",
+              "|---|---|---|---|---|---|---|---|"]
+    seen = set()
+    for pts in s["sweeps"].values():
+        for p in pts:
+            key = (p["layers"], p["hidden"], p["seq_len"])
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(f"| {p['layers']} | {p['hidden']} | {p['seq_len']} | {p['parameters_m']:.1f} | {p['fp32_s']:.3f} | "
+                         f"{p['qat_s']:.3f} | {p['ratio']:.2f} | {p['calibration_s']:.1f} |")
+    return lines + [""]
+
+
+def targets_md(results: dict) -> list[str]:
+    rows = []
+    t = results.get("training")
+    if t:
+        for m in t["models"]:
+            hq = next((r for r in m["rows"] if r["variant"] == "hf_qat" and "ratio" in r), None)
+            peers = ", ".join(f"{r['label']} {r['ratio']:.2f}" for r in m["rows"]
+                              if r["variant"] not in ("fp32", "hf_qat") and "ratio" in r)
+            value = hq["ratio"] if hq else None
+            rows.append((f"QAT/FP32 step time, {m['label']}", f"<= {TARGETS['step_ratio']}",
+                         f"{_f(value, '.2f')}" + (f" (peers: {peers})" if peers else ""), verdict(value, TARGETS["step_ratio"])))
+    a = results.get("accuracy")
+    if a:
+        by = {r["key"]: r for r in a["rows"]}
+        q = by.get("hf_qat_qat", {})
+        fp = by["fp32"]["accuracy"]
+        if "accuracy" in q:
+            drop = 100 * (fp - q["accuracy"])
+            rows.append(("hf_qat QAT INT8 accuracy vs FP32", f"drop <= {TARGETS['acc_drop_pt']} pt",
+                         f"{100 * q['accuracy']:.2f} vs {100 * fp:.2f} (drop {drop:+.2f} pt)", verdict(drop, TARGETS["acc_drop_pt"])))
+            for key in ("hf_qat_ptq", "ort_static", "nncf_ptq", "nncf_qat"):
+                r = by.get(key)
+                if r is None:
+                    continue
+                if "accuracy" not in r:
+                    rows.append((f"hf_qat QAT above {r['method']}", "higher", "skipped", "not measured"))
+                    continue
+                margin = 100 * (q["accuracy"] - r["accuracy"])
+                rows.append((f"hf_qat QAT above {r['method']}", "> 0 pt", f"{margin:+.2f} pt",
+                             "met" if margin > 0 else f"**MISSED** by {-margin:.2f} pt" if margin < 0 else "**MISSED** (tie)"))
+    i = results.get("inference")
+    if i:
+        s = i["sizes_mib"]
+        if "hf_qat_qat" in s:
+            ratio = s["hf_qat_qat"] / s["fp32"]
+            rows.append(("hf_qat INT8 ONNX size / FP32", f"<= {TARGETS['size_ratio']}", f"{ratio:.3f}", verdict(ratio, TARGETS["size_ratio"])))
+            ort = i["latency_ms"].get("onnxruntime")
+            if ort:
+                b1 = lambda k: ort[k].get(1, ort[k].get("1"))
+                ratio = b1("hf_qat_qat") / b1("fp32")
+                rows.append(("hf_qat INT8 ONNX Runtime latency / FP32, batch 1", f"<= {TARGETS['ort_b1_ratio']}", f"{ratio:.2f}",
+                             verdict(ratio, TARGETS["ort_b1_ratio"])))
+    lines = ["## Targets", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return lines + [""]
+
+
+# -- document -----------------------------------------------------------------------------------
+def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
+    """Write ``BENCHMARKS.md`` (and the plot, when scaling results exist)."""
+    meta = results["meta"]
+    plot_rel = None
+    if results.get("scaling") and plot_path is not None:
+        plot_scaling(results["scaling"], plot_path)
+        plot_rel = os.path.relpath(plot_path, path.parent)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by the benchmark suite, every number from one run of:",
+        "",
+        "```bash",
+        meta["command"],
+        "```",
+        "",
+        f"Preset `{meta['preset']}`, run {meta['started']} in {meta['wall_s'] / 60:.1f} min on {meta['machine']}. "
+        f"{meta['versions']}. Section wall times: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in meta.get("section_s", {}).items())
+        + f". 1-minute load average (all processes on the machine) {meta['load_avg']['start']:.1f} at the start, "
+        f"{meta['load_avg']['end']:.1f} at the end. Do not edit by hand: rerun the command.",
+    ]
+    if meta["preset"] != "full":
+        lines += ["", f"**This is the `{meta['preset']}` preset (fewer steps and sizes), not the full benchmark.**"]
+    lines.append("")
+    lines += targets_md(results)
+    if results.get("training"):
+        lines += training_md(results["training"])
+    if results.get("accuracy"):
+        lines += accuracy_md(results["accuracy"])
+    if results.get("inference"):
+        lines += inference_md(results["inference"])
+    if results.get("scaling"):
+        lines += scaling_md(results["scaling"], plot_rel)
+    for name, reason in results.get("skipped_sections", {}).items():
+        lines += [f"Section `{name}` skipped: {reason}", ""]
+    if results.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def plot_scaling(s: dict, path: Path) -> None:
+    """Two rows (step time, calibration time) by three sweeps (layers, hidden size, sequence length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [("layers", "layers"), ("hidden", "hidden size"), ("seq_len", "sequence length")]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), constrained_layout=True)
+    for col, (key, label) in enumerate(names):
+        pts = s["sweeps"][key]
+        x = [p[key] for p in pts]
+        ax = axes[0][col]
+        ax.plot(x, [p["fp32_s"] for p in pts], "o-", label="FP32")
+        ax.plot(x, [p["qat_s"] for p in pts], "s--", label="hf_qat QAT")
+        for xi, p in zip(x, pts):
+            ax.annotate(f"x{p['ratio']:.2f}", (xi, p["qat_s"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("step time (s)")
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        ax.plot(x, [p["calibration_s"] for p in pts], "d-", color="tab:green")
+        ax.set_xlabel(label)
+        ax.set_ylabel("calibration time (s)")
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"hf_qat scaling (batch {s['batch_size']}, CPU); labels: QAT/FP32 step-time ratio")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,214 @@
+"""Run the benchmark suite and write ``BENCHMARKS.md`` with its plot.
+
+From the repository root::
+
+    python -m scripts.benchmarks                      # full preset: BENCHMARKS.md + scripts/benchmarks/scaling.png
+    python -m scripts.benchmarks --preset quick --output /tmp/B.md
+    python -m scripts.benchmarks --sections training,inference --no_nncf_setup
+
+NNCF 3.4 is installed into its own virtual environment on first use (``--nncf_venv``; about a
+minute with the extension build); with ``--no_nncf_setup`` and no environment, NNCF's rows are
+reported as skipped with the reason. SST-2 comes from ``../shared/data/sst2`` (``--data_dir``) or the
+hub (``--dataset_name glue --dataset_config_name sst2``); models and token batches go to
+``--work_dir``, outside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .common import REPO_ROOT
+from .nncf_env import DEFAULT_CACHE, DEFAULT_VENV, NncfEnv, prepare_nncf_env
+from .presets import PRESETS, Preset
+from .report import write_report
+from .workers import WorkerError, run_worker
+
+SECTIONS = ("training", "accuracy", "inference", "scaling")
+VARIANT_LABELS = {"fp32": "FP32", "hf_qat": "hf_qat QAT", "torch_ao": "torch.ao eager QAT", "nncf": "NNCF 3.4 QAT",
+                  "torchao": "torchao QAT"}
+TORCHAO_REASON = ("torchao's QAT (0.18) has no 8-bit static-activation scheme: its activation fake-quantizers are "
+                  "dynamic per-token (`IntxFakeQuantizeConfig(is_dynamic=True)`), Linear/Embedding only")
+VARIANT_NOTES = (
+    "*hf_qat QAT*: hf_qat's default 8-bit config (per-channel weights, activations at every Linear input and both "
+    "inputs of the attention products, embeddings). *torch.ao eager QAT*: `prepare_qat` with the x86 default QAT "
+    "qconfig on every `nn.Linear` (fused observer+fake-quant kernels; per-channel weights, per-tensor activations at "
+    "the Linear outputs; no attention products, no embeddings), the closest torch's own QAT comes to the same "
+    "scheme. *NNCF 3.4 QAT*: `nncf.quantize(model_type=TRANSFORMER)`, then training the returned model. "
+    f"*torchao*: not run, {TORCHAO_REASON}."
+)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores ({cpu})"
+
+
+def versions() -> str:
+    import onnxruntime
+    import torch
+    import transformers
+
+    parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"transformers {transformers.__version__}",
+             f"onnxruntime {onnxruntime.__version__}"]
+    try:
+        import openvino
+
+        parts.append(f"openvino {openvino.__version__.split('-')[0]}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+# -- sections -----------------------------------------------------------------------------------
+def run_training(preset: Preset, nncf: NncfEnv) -> dict:
+    cfg = preset.training
+    out = {k: getattr(cfg, k) for k in ("batch_size", "seq_len", "steps", "warmup", "calibration_samples")}
+    out.update(models=[], variant_notes=VARIANT_NOTES)
+    for name, label, overrides, steps_warmup in cfg.models:
+        log(f"[training] {label}")
+        steps, warmup = steps_warmup or (cfg.steps, cfg.warmup)
+        args = ["--model", name, "--batch_size", str(cfg.batch_size), "--seq_len", str(cfg.seq_len), "--steps", str(steps),
+                "--warmup", str(warmup), "--calibration_samples", str(cfg.calibration_samples)]
+        if overrides:
+            args += ["--layers", str(overrides["num_hidden_layers"]), "--hidden", str(overrides["hidden_size"])]
+        rows = []
+        res = run_worker("training_cost", args + ["--variants", "fp32,hf_qat,torch_ao"], log=log)
+        out["threads"] = res["threads"]
+        rows += _rows(res, "")
+        if nncf.python is None:
+            rows.append({"variant": "nncf", "label": VARIANT_LABELS["nncf"], "skipped": nncf.reason})
+        else:
+            try:
+                res = run_worker("training_cost", args + ["--variants", "fp32,nncf"], python=nncf.python, env=nncf.env, log=log)
+                rows += _rows(res, " (NNCF process)")
+            except WorkerError as e:
+                log(f"  {e}")
+                rows.append({"variant": "nncf", "label": VARIANT_LABELS["nncf"], "skipped": f"failed: {str(e).splitlines()[0]}"})
+        rows.append({"variant": "torchao", "label": VARIANT_LABELS["torchao"], "skipped": "not expressible (see below)"})
+        for r in rows:
+            if "median_s" in r:
+                log(f"  {r['label']}: {r['median_s']:.3f} s" + (f" (x{r['ratio']:.2f})" if "ratio" in r else ""))
+        out["models"].append({"name": name, "label": label, "rows": rows, "steps": steps, "warmup": warmup})
+    return out
+
+
+def _rows(res: dict, fp32_suffix: str) -> list[dict]:
+    v = res["variants"]
+    fp = v["fp32"]
+    rows = []
+    for name, s in v.items():
+        row = {"variant": name, "label": VARIANT_LABELS[name] + (fp32_suffix if name == "fp32" else ""), **s}
+        if name != "fp32":
+            row["ratio"] = s["median_s"] / fp["median_s"]
+            if s.get("peak_mem_mib") and fp.get("peak_mem_mib"):
+                row["mem_ratio"] = s["peak_mem_mib"] / fp["peak_mem_mib"]
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m scripts.benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "scaling.png")
+    parser.add_argument("--work_dir", type=Path, default=DEFAULT_CACHE / "work", help="models, ONNX files, token batches")
+    parser.add_argument("--nncf_venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--no_nncf_setup", action="store_true", help="do not create NNCF's environment if it is missing")
+    parser.add_argument("--data_dir", default=None, help="folder with SST-2 train.tsv and test.tsv (default ../shared/data/sst2)")
+    parser.add_argument("--dataset_name", default=None, help="hub dataset instead of --data_dir, e.g. glue")
+    parser.add_argument("--dataset_config_name", default=None, help="e.g. sst2")
+    args = parser.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    if not sections or set(sections) - set(SECTIONS):
+        parser.error(f"--sections: choose from {SECTIONS}")
+    preset = PRESETS[args.preset]
+    warnings.filterwarnings("ignore")
+
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    results: dict = {"skipped_sections": {}, "notes": []}
+    nncf = NncfEnv(None, {}, "NNCF not needed by the selected sections")
+    if {"training", "accuracy"} & set(sections):
+        log(f"[nncf] environment {args.nncf_venv}")
+        nncf = prepare_nncf_env(args.nncf_venv, create=not args.no_nncf_setup, log=log)
+        log(f"  {'NNCF ' + nncf.version if nncf.python else 'NNCF skipped: ' + nncf.reason}")
+    timings = {}
+    mark = time.perf_counter()
+    if "training" in sections:
+        results["training"] = run_training(preset, nncf)
+        timings["training"], mark = time.perf_counter() - mark, time.perf_counter()
+    files = None
+    if "accuracy" in sections:
+        from .accuracy import run_accuracy
+
+        log("[accuracy] SST-2")
+        try:
+            acc = run_accuracy(preset.accuracy, args.work_dir / "accuracy", nncf, args.data_dir, args.dataset_name,
+                               args.dataset_config_name, log=log)
+            acc["model_label"] = "all-MiniLM-L6-v2" if preset.accuracy.model == "minilm" else "A tiny random BERT"
+            results["accuracy"] = acc
+            files = acc["files"]
+        except FileNotFoundError as e:
+            results["skipped_sections"]["accuracy"] = str(e)
+            log(f"  skipped: {e}")
+        timings["accuracy"], mark = time.perf_counter() - mark, time.perf_counter()
+    if "inference" in sections:
+        from .inference import export_untrained, run_inference
+
+        log("[inference]")
+        source = "Files: the fine-tuned FP32 model, its hf_qat QAT INT8 export and ONNX Runtime's static INT8 of it (section 2)."
+        if files is None:
+            acc_cfg = preset.accuracy
+            files = export_untrained(args.work_dir / "inference", model=acc_cfg.model, exporter=acc_cfg.exporter,
+                                     **acc_cfg.model_overrides)
+            source = "Files: the untrained classifier, exported FP32, hf_qat INT8 (range init on random tokens) and ONNX Runtime static INT8."
+        inf = run_inference(files, tuple(preset.inference_batches), dict(preset.inference_repeats), preset.inference_seq_len,
+                            log=log)
+        inf["source"] = source
+        results["inference"] = inf
+        timings["inference"], mark = time.perf_counter() - mark, time.perf_counter()
+    if "scaling" in sections:
+        from .scaling import run_scaling
+
+        log("[scaling]")
+        results["scaling"] = run_scaling(preset.scaling, log=log)
+        timings["scaling"] = time.perf_counter() - mark
+
+    argv_used = sys.argv[1:] if argv is None else argv
+    results["meta"] = {
+        "command": "python -m scripts.benchmarks" + "".join(" " + shlex.quote(a) for a in argv_used),
+        "preset": preset.name,
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "wall_s": time.perf_counter() - started,
+        "machine": machine(),
+        "versions": versions(),
+        "section_s": timings,
+        "load_avg": {"start": load_start, "end": os.getloadavg()[0]},
+    }
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    (args.work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_report(results, args.output, args.plot)
+    log(f"wrote {args.output} ({results['meta']['wall_s'] / 60:.1f} min)")
+    return results

