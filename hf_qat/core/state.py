@@ -26,10 +26,16 @@ projections).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CompressionStateError
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from ..errors import CompressionStateError, JSONFileError
+from ..utils.jsonfile import loads_json
+from .config import json_path
 from .spec import QuantizerSpec
 
 __all__ = [
@@ -40,10 +46,118 @@ __all__ = [
     "parse_compression_state",
     "SETUP_VERSION",
     "ALGO_NAME",
+    "COMPRESSION_STATE_SCHEMA",
+    "validate_compression_state",
 ]
 
 SETUP_VERSION = 2
 ALGO_NAME = "quantization"
+
+
+_INDEX_GROUPS = {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer", "minimum": 0}}}
+_QSPEC = {
+    "type": "object",
+    "properties": {
+        "num_bits": {"type": "integer", "minimum": 2, "maximum": 8},
+        "mode": {"enum": ["symmetric", "asymmetric"]},
+        "signedness_to_force": {"type": ["boolean", "null"]},
+        "narrow_range": {"type": "boolean"},
+        "half_range": {"type": "boolean"},
+        "scale_shape": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 2**31}, "minItems": 1, "maxItems": 8},
+        "logarithm_scale": {"type": "boolean"},
+        "is_quantized_on_export": {"type": "boolean"},
+        "compression_lr_multiplier": {"anyOf": [{"type": "null"}, {"type": "number", "exclusiveMinimum": 0}]},
+    },
+}
+_POINT = {
+    "type": "object",
+    "properties": {
+        "target_point": {
+            "type": "object",
+            "properties": {
+                "target_type": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+                "input_port_id": {"type": ["integer", "null"], "minimum": 0},
+                "target_node_name": {"type": "string", "minLength": 1},
+            },
+            "required": ["target_type", "target_node_name"],
+        },
+        "qspec": _QSPEC,
+        "directly_quantized_operator_node_names": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["target_point", "qspec"],
+}
+_COUNT = {"type": "integer", "minimum": 0}
+#: JSON schema of the parts of a ``compression_state`` hf_qat reads (other algorithms' entries are ignored).
+COMPRESSION_STATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "builder_state": {
+            "type": "object",
+            "properties": {
+                "quantization": {
+                    "type": "object",
+                    "properties": {
+                        "quantizer_setup": {
+                            "type": "object",
+                            "properties": {
+                                "quantization_points": {"type": "object", "additionalProperties": _POINT},
+                                "unified_scale_groups": _INDEX_GROUPS,
+                                "shared_input_operation_set_groups": _INDEX_GROUPS,
+                            },
+                            "required": ["quantization_points"],
+                        },
+                        "build_time_metric_infos": {
+                            "type": "object",
+                            "properties": {"aq_potential_num": _COUNT, "wq_potential_num": _COUNT},
+                        },
+                        "version": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "ctrl_state": {
+            "type": ["object", "null"],
+            "properties": {
+                "quantization": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "scheduler_state": {
+                            "type": ["object", "null"],
+                            "properties": {"current_step": {"type": "integer"}, "current_epoch": {"type": "integer"}},
+                        },
+                        "compression_stage": {"type": ["integer", "null"]},
+                    },
+                },
+            },
+        },
+    },
+}
+_VALIDATOR = jsonschema.Draft202012Validator(COMPRESSION_STATE_SCHEMA)
+
+
+def validate_compression_state(state: Any) -> None:
+    """Check the types, ranges and required keys of the parts of ``state`` hf_qat reads.
+
+    Raises:
+        [`CompressionStateError`]: naming the JSON path of the first problem and what is expected there.
+    """
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(state, ())]
+    while stack:  # NaN/Infinity pass every range check of JSON schema
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CompressionStateError(f"compression_state {json_path(path)} is {value!r}; expected a finite number.")
+        if isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+    error = best_match(_VALIDATOR.iter_errors(state))
+    if error is not None:
+        found = error.instance if not isinstance(error.instance, (dict, list)) else type(error.instance).__name__
+        raise CompressionStateError(
+            f"compression_state {json_path(tuple(error.absolute_path))} is malformed: found {found!r}; {error.message}. "
+            "It was not written by hf_qat or NNCF, or was edited; re-save it from the controller "
+            "(ctrl.get_compression_state())."
+        )
 
 
 class TargetType:
@@ -183,9 +297,9 @@ def parse_compression_state(state: Any) -> tuple[QuantizerSetup, dict[str, Any]]
     """
     if isinstance(state, (str, bytes)):
         try:
-            state = json.loads(state)
-        except json.JSONDecodeError as e:
-            raise CompressionStateError(f"compression_state is not valid JSON: {e}") from e
+            state = loads_json(state, source="compression_state text", strict=True)
+        except JSONFileError as e:
+            raise CompressionStateError(f"compression_state is not valid JSON: {e.reason}.") from None
     if not isinstance(state, dict) or "builder_state" not in state:
         raise CompressionStateError(
             "compression_state must be the dict returned by ctrl.get_compression_state() "
@@ -199,6 +313,9 @@ def parse_compression_state(state: Any) -> tuple[QuantizerSetup, dict[str, Any]]
             f"compression_state['builder_state'] has no {ALGO_NAME!r} entry (found {found}); "
             "hf_qat restores quantization only."
         )
+    version = builder[ALGO_NAME].get("version", 1) if isinstance(builder[ALGO_NAME], dict) else None
+    if version == SETUP_VERSION:  # older layouts get the version message from QuantizerSetup.from_state
+        validate_compression_state(state)
     setup = QuantizerSetup.from_state(builder[ALGO_NAME])
     ctrl = (state.get("ctrl_state") or {}).get(ALGO_NAME) or {}
     if not isinstance(ctrl, dict):

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..core.algo_config import QuantizationSettings
 from ..core.config import NNCFConfig
-from ..core.state import parse_compression_state
-from ..errors import CalibrationError, ConfigError
+from ..core.mismatch import unquantized_repeats
+from ..core.state import QuantizerSetup, parse_compression_state
+from ..errors import CalibrationError, CompressionStateError, ConfigError, HfQatError
 from .controller import QuantizationController
 from .distributed import is_distributed, merge_collectors_across_ranks
 from .init import (
@@ -23,8 +24,8 @@ from .init import (
     run_range_init,
 )
 from .insertion import CONTAINER_NAME, apply_setup, build_quantizer_setup
-from .layers import unwrap_module
-from .tracing import trace_model
+from .layers import layer_kind, unwrap_module
+from .tracing import parse_node_name, trace_model
 
 __all__ = [
     "create_compressed_model",
@@ -158,6 +159,7 @@ def create_compressed_model(
     setup = ctrl_state = None
     if compression_state is not None:
         setup, ctrl_state = parse_compression_state(compression_state)
+        check_setup_layer_count(model, setup)
 
     range_args = config.get_extra_struct(QuantizationRangeInitArgs) if config.has_extra_struct(QuantizationRangeInitArgs) else None
     bn_args = config.get_extra_struct(BNAdaptationInitArgs) if config.has_extra_struct(BNAdaptationInitArgs) else None
@@ -176,10 +178,45 @@ def create_compressed_model(
             merge = merge_collectors_across_ranks if is_distributed() else None
             run_range_init(model, setup, quantizers, settings, range_args, merge_fn=merge)
             run_bn_adaptation(model, settings, bn_args)
-    except BaseException:
+    except BaseException as e:
         _undo(model, previous_attn)
+        if compression_state is not None and isinstance(e, Exception) and not isinstance(e, HfQatError):
+            raise CompressionStateError(
+                f"The compression state could not be applied to {type(model).__name__} ({type(e).__name__}: {e}); "
+                "nothing was modified. Was it saved from this model architecture by hf_qat or NNCF?"
+            ) from e
         raise
     return ctrl, model
+
+
+def check_setup_layer_count(model: nn.Module, setup: QuantizerSetup) -> None:
+    """Refuse a compression state made for a model with fewer repeated blocks than ``model``.
+
+    Point names that the model lacks are reported by ``apply_setup``; this catches the opposite case,
+    where every point resolves but the model has more layers of the same kinds than the state's model
+    reached (``wq_potential_num``), which would leave the extra blocks silently unquantized.
+
+    Raises:
+        [`CompressionStateError`]: listing the first layers that would stay unquantized (nothing modified).
+    """
+    quantized = []
+    for qp in setup.points.values():
+        if qp.is_weight:
+            try:
+                quantized.append(".".join(parse_node_name(qp.target_node_name)[0]))
+            except ValueError:
+                continue  # reported with the other unresolvable names by apply_setup
+    layers = [name for name, m in model.named_modules() if layer_kind(m) is not None]
+    extra = unquantized_repeats(quantized, layers, setup.wq_potential_num)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f", ... ({len(extra) - 5} more)" if len(extra) > 5 else "")
+        raise CompressionStateError(
+            f"The compression state does not fit the model: it was built on a model with "
+            f"{setup.wq_potential_num} quantizable layers (build_time_metric_infos.wq_potential_num), but this model "
+            f"has {len(extra)} more layers in the same positions of repeated blocks, which would stay unquantized: "
+            f"{shown}. The state was made for a smaller variant of this architecture (fewer layers); use the model "
+            "it was saved with, or compress this model anew without compression_state. Nothing was modified."
+        )
 
 
 def _example_forward(
