@@ -17,8 +17,9 @@ from collections import Counter
 from typing import Any
 
 from ..core.config import NNCFConfig
-from ..errors import CompressionStateError
+from ..errors import CompressionStateError, JSONFileError
 from ..utils.io import atomic_write_text
+from ..utils.jsonfile import MAX_JSON_BYTES, read_json
 
 __all__ = [
     "QUANT_METHOD",
@@ -34,8 +35,6 @@ __all__ = [
 QUANT_METHOD = "hf_qat"
 COMPRESSION_STATE_NAME = "compression_state.json"
 NNCF_CONFIG_NAME = "nncf_config.json"
-#: Largest JSON file hf_qat reads from a checkpoint or a hub repo.
-MAX_JSON_BYTES = 64 * 2**20
 
 
 def quantization_scheme(ctrl: Any) -> dict[str, Any]:
@@ -86,16 +85,14 @@ def write_qat_files(output_dir: str | os.PathLike, ctrl: Any) -> None:
     config.to_json(os.path.join(output_dir, NNCF_CONFIG_NAME))
 
 
-def read_json_file(path: str | os.PathLike, what: str) -> Any:
-    """Read a JSON file of a checkpoint, refusing oversized or malformed content with a clear error."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CompressionStateError(f"{what}: {path} does not exist")
-    size = os.path.getsize(path)
-    if size > MAX_JSON_BYTES:
-        raise CompressionStateError(f"{what}: {path} is {size} bytes, more than the {MAX_JSON_BYTES} hf_qat reads")
+def read_json_file(path: str | os.PathLike, what: str, strict: bool = True) -> Any:
+    """Read a JSON file of a checkpoint (at most :data:`MAX_JSON_BYTES`), refusing oversized, deeply nested
+    or malformed content, and with ``strict`` also ``NaN``/``Infinity`` and duplicate keys.
+
+    Raises:
+        [`CompressionStateError`]: naming ``what`` (the operation), the file and the problem.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CompressionStateError(f"{what}: {path} is not valid JSON ({e})") from None
+        return read_json(path, strict=strict)
+    except JSONFileError as e:
+        raise CompressionStateError(f"{what}: {e}") from None

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from transformers.trainer_utils import (
 )
 
 from ..core.config import NNCFConfig
+from ..core.state import parse_compression_state
 from ..errors import CheckpointError, CompressionStateError, ConfigError, ExportError
 from ..torch.controller import QuantizationController
 from ..torch.init import register_default_init_args
@@ -216,7 +218,15 @@ class QATTrainer(Trainer):
                     "first and build the optimizer from the compressed model."
                 )
             self.compress(compression_state=state)
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        try:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        except pickle.UnpicklingError as e:  # transformers reads optimizer/scheduler/RNG pickles with weights_only=True
+            raise CompressionStateError(
+                f"resume_from_checkpoint: a pickled file in {resume_from_checkpoint} (optimizer.pt, scheduler.pt, "
+                f"rng_state*.pth or scaler.pt) names objects torch.load(weights_only=True) refuses to build: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}. Nothing in it was run. Delete the "
+                "checkpoint, or resume from another one."
+            ) from e
         if self.args.export_onnx:
             self._export_on_main()
             if self.args.evaluate_onnx and self.eval_dataset is not None and self.is_world_process_zero():
@@ -629,4 +639,10 @@ def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"resume_from_checkpoint: {os.path.join(path, COMPRESSION_STATE_NAME)} is not an NNCF compression state "
             "(expected an object with 'builder_state' and 'ctrl_state')"
         )
+    parse_compression_state(state)
+    config_path = os.path.join(path, "config.json")
+    if os.path.isfile(config_path):  # Trainer reads it on resume; fail here, with the file named
+        config = read_json_file(config_path, "resume_from_checkpoint", strict=False)
+        if not isinstance(config, dict):
+            raise CompressionStateError(f"resume_from_checkpoint: {config_path} is not a JSON object")
     return state

@@ -28,6 +28,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..core.config import NNCFConfig
+from ..core.state import parse_compression_state
 from ..errors import CompressionStateError
 from .quantization_config import QUANT_METHOD
 
@@ -72,6 +73,7 @@ class HfQatConfig(QuantizationConfigMixin):
             )
         if not isinstance(self.nncf_config, dict):
             raise CompressionStateError("quantization_config of quant_method 'hf_qat' has no nncf_config object")
+        parse_compression_state(self.compression_state)  # malformed: a clear error before any model is built
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)

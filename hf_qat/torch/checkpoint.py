@@ -1,17 +1,25 @@
-"""``load_state``: load a (possibly NNCF-named, possibly DDP-prefixed) state dict into a compressed model."""
+"""``load_state``: load a (possibly NNCF-named, possibly DDP-prefixed) state dict into a compressed model.
+
+Files are read without running code from them: ``.safetensors`` with safetensors, pickled formats
+(``.bin``, ``.pt``, ``.pth``, ``.ckpt``) only with ``torch.load(weights_only=True)``, which builds
+tensors and plain containers and refuses every other object a pickle names.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import re
-from typing import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
+from ..core.mismatch import compare_named_shapes
 from ..errors import CompressionStateError
 
-__all__ = ["load_state", "normalize_state_dict_keys"]
+__all__ = ["load_state", "load_state_dict_file", "normalize_state_dict_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,47 +47,86 @@ def normalize_state_dict_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     return out
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` without executing anything stored in it.
+
+    ``.safetensors`` files are read with safetensors; ``.bin``/``.pt``/``.pth``/``.ckpt`` with
+    ``torch.load(weights_only=True)``. A checkpoint dict with a ``"state_dict"`` entry (NNCF's
+    ``{"state_dict": ..., "compression_state": ...}``) yields that entry.
+
+    Raises:
+        [`CompressionStateError`]: the file is missing, of another format, not a mapping of names to
+            tensors, or a pickle naming objects ``weights_only`` refuses (the message says which).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CompressionStateError(f"load_state: {path} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            data = load_file(path, device="cpu")
+        except Exception as e:  # SafetensorError is not importable by a stable name
+            raise CompressionStateError(f"load_state: {path} is not a valid safetensors file ({e})") from e
+    elif path.endswith(_PICKLE_SUFFIXES):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CompressionStateError(
+                f"Refused to load {path}: torch.load(weights_only=True) cannot read it ({reason}). hf_qat never "
+                "unpickles arbitrary objects, since a pickle can run any code when loaded. If the file is yours and "
+                "trusted, convert it to safetensors; otherwise delete it."
+            ) from e
+    else:
+        raise CompressionStateError(
+            f"load_state: {path} has an unknown extension; expected .safetensors or one of {_PICKLE_SUFFIXES}"
+        )
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        data = data["state_dict"]
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+        raise CompressionStateError(f"load_state: {path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(data)
+
+
 def load_state(
     model: nn.Module,
-    state_dict_to_load: dict[str, torch.Tensor],
+    state_dict_to_load: Mapping[str, torch.Tensor] | str | os.PathLike,
     is_resume: bool = False,
     keys_to_ignore: Iterable[str] | None = None,
 ) -> int:
-    """Load ``state_dict_to_load`` into ``model``; returns the number of tensors loaded.
+    """Load ``state_dict_to_load`` (a state dict, or the path of one: see `load_state_dict_file`) into
+    ``model``; returns the number of tensors loaded.
 
     Accepts ``module.``-prefixed (DDP) keys and NNCF's legacy names (``pre_ops.0.op``,
     ``_nncf.external_quantizers``, ``nncf_module.``). With ``is_resume=True`` every key must match
-    in name and shape, otherwise nothing is loaded and an error lists the mismatches; without it,
-    matching keys are loaded and the rest reported as a warning.
+    in name and shape, otherwise nothing is loaded and an error lists the first mismatches; without
+    it, matching keys are loaded and the rest reported as a warning.
 
     Raises:
-        [`CompressionStateError`]: on mismatches when ``is_resume`` is true.
+        [`CompressionStateError`]: on mismatches when ``is_resume`` is true; an unreadable or refused file.
     """
+    if isinstance(state_dict_to_load, (str, os.PathLike)):
+        state_dict_to_load = load_state_dict_file(state_dict_to_load)
     ignore = set(keys_to_ignore or ())
-    incoming = {k: v for k, v in normalize_state_dict_keys(state_dict_to_load).items() if k not in ignore}
+    incoming = {k: v for k, v in normalize_state_dict_keys(dict(state_dict_to_load)).items() if k not in ignore}
     own = model.state_dict()
-    missing = [k for k in own if k not in incoming and k not in ignore and not k.endswith(_OPTIONAL_SUFFIXES)]
-    unexpected = [k for k in incoming if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
-        for k, v in incoming.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    report = []
-    if missing:
-        report.append(f"missing {len(missing)} key(s), e.g. {missing[:5]}")
-    if unexpected:
-        report.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:5]}")
-    if mismatched:
-        report.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:5]}")
+    report = compare_named_shapes(
+        {k: tuple(v.shape) for k, v in incoming.items()},
+        {k: tuple(v.shape) for k, v in own.items() if k not in ignore},
+        optional=lambda k: k.endswith(_OPTIONAL_SUFFIXES),
+    )
     if report and is_resume:
         raise CompressionStateError(
-            "The state dict does not fit the compressed model: " + "; ".join(report) + ". Nothing was loaded. "
+            f"The state dict does not fit the compressed model: {report.describe()}. Nothing was loaded. "
             "Was the model compressed with the checkpoint's compression_state?"
         )
+    bad = {name for name, _, _ in report.shapes} | set(report.unexpected)
+    to_load = {k: v for k, v in incoming.items() if k not in bad}
     if report:
-        logger.warning("load_state: %s; loading the %d matching tensor(s).", "; ".join(report), len(incoming) - len(unexpected) - len(mismatched))
-    bad = {k.split(":")[0] for k in mismatched}
-    to_load = {k: v for k, v in incoming.items() if k in own and k not in bad}
+        logger.warning("load_state: %s; loading the %d matching tensor(s).", report.describe(), len(to_load))
     model.load_state_dict(to_load, strict=False)
     return len(to_load)

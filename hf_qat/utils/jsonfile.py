@@ -43,7 +43,7 @@ def loads_json(
     data: str | bytes,
     *,
     source: str = "<string>",
-    max_bytes: int = MAX_JSON_BYTES,
+    max_bytes: int | None = None,
     strict: bool = False,
 ) -> Any:
     """Parse JSON text within the limits above.
@@ -51,12 +51,13 @@ def loads_json(
     Args:
         data: the JSON text (``bytes`` are decoded as UTF-8).
         source: what the text is, for messages (a file path, ``"compression_state"`` ...).
-        max_bytes: largest accepted size of ``data``.
+        max_bytes: largest accepted size of ``data`` (default: :data:`MAX_JSON_BYTES`, read at call time).
         strict: reject ``NaN``/``Infinity`` and duplicate keys.
 
     Raises:
         [`JSONFileError`]: naming ``source`` and the problem (size, encoding, nesting, syntax with line and column).
     """
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     size = len(data)
     if size > max_bytes:
         raise JSONFileError(source, f"it is {size} bytes, more than the {max_bytes} bytes hf_qat reads")
@@ -76,13 +77,14 @@ def loads_json(
         raise JSONFileError(source, f"it is not acceptable JSON: {e}") from None
 
 
-def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES, strict: bool = False) -> Any:
+def read_json(path: str | os.PathLike, *, max_bytes: int | None = None, strict: bool = False) -> Any:
     """Read and parse a JSON file; the size is checked before anything is read.
 
     Raises:
         [`JSONFileError`]: missing file, a directory, too large, not UTF-8, too deep, or not JSON.
     """
     path = os.fspath(path)
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     if not os.path.isfile(path):
         raise JSONFileError(path, "it does not exist" if not os.path.exists(path) else "it is not a regular file")
     size = os.path.getsize(path)
