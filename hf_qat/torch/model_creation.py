@@ -168,7 +168,7 @@ def create_compressed_model(
         if setup is None:
             forward = _example_forward(model, config, range_args, dummy_forward_fn)
             trace = trace_model(model, forward)
-            setup = build_quantizer_setup(model, trace, settings)
+            setup = drop_empty_weight_points(model, build_quantizer_setup(model, trace, settings))
         quantizers, hooks = apply_setup(model, setup)
         ctrl = QuantizationController(model, setup, quantizers, hooks, settings, config)
         if ctrl_state is not None:
@@ -187,6 +187,24 @@ def create_compressed_model(
             ) from e
         raise
     return ctrl, model
+
+
+def drop_empty_weight_points(model: nn.Module, setup: QuantizerSetup) -> QuantizerSetup:
+    """Remove weight quantization points of layers whose weight has no elements (``nn.Linear(8, 0)``):
+    there is nothing to quantize and no range to learn. Their input activations stay quantized."""
+    empty = []
+    for qp_id, qp in setup.points.items():
+        if qp.is_weight:
+            path = ".".join(parse_node_name(qp.target_node_name)[0])
+            weight = getattr(model.get_submodule(path) if path else model, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.numel() == 0:
+                empty.append(qp_id)
+    if not empty:
+        return setup
+    logger.info("hf_qat: not quantizing %d zero-size weight(s): %s", len(empty), [setup.points[i].target_node_name for i in empty])
+    points = {i: qp for i, qp in setup.points.items() if i not in empty}
+    groups = [[i for i in g if i not in empty] for g in setup.unified_scale_groups]
+    return QuantizerSetup(points, [g for g in groups if len(g) > 1], setup.aq_potential_num, setup.wq_potential_num)
 
 
 def check_setup_layer_count(model: nn.Module, setup: QuantizerSetup) -> None:
