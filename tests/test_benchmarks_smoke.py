@@ -42,6 +42,7 @@ def test_suite_smoke(tmp_path):
     assert "torchao QAT | skipped" in text
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
     results = json.loads((work / "results.json").read_text())
+    assert results["skipped_sections"] == {}
     rows = {r["key"]: r for r in results["accuracy"]["rows"]}
     assert 0.0 <= rows["hf_qat_qat"]["accuracy"] <= 1.0 and "skipped" in rows["nncf_qat"]
     assert results["training"]["models"][0]["rows"][1]["variant"] == "hf_qat"

@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import TextSplit, build_model, encode, load_sst2, minilm_path, train_step
+from .common import (
+    TextSplit,
+    build_model,
+    encode,
+    load_sst2,
+    minilm_path,
+    runtime_threads,
+    train_step,
+)
 from .nncf_env import NncfEnv
 from .workers import WorkerError, run_worker
 
@@ -35,12 +43,12 @@ ROW_ORDER = ("fp32", "hf_qat_ptq", "ort_static", "nncf_ptq", "nncf_qat", "hf_qat
 class AccuracyConfig:
     """Sizes of the accuracy run (see :mod:`.presets`)."""
 
-    finetune_steps: int = 400
+    finetune_steps: int = 250
     finetune_lr: float = 5e-5
-    qat_steps: int = 150
+    qat_steps: int = 100
     qat_lr: float = 1e-5
     batch_size: int = 32
-    calibration_samples: int = 512
+    calibration_samples: int = 256
     train_max_length: int = 32  # SST-2 training rows are phrases: few are longer
     eval_max_length: int = 128
     model: str = "minilm"
@@ -88,7 +96,7 @@ def onnx_accuracy(path: Path, test_batches: list[dict], labels: np.ndarray, runt
     """Top-1 accuracy of an ONNX classifier in ``runtime``."""
     from hf_qat.onnx import OnnxRunner
 
-    runner = OnnxRunner(path, runtime)
+    runner = OnnxRunner(path, runtime, num_threads=runtime_threads())
     preds = [runner({n: b[n].numpy() for n in runner.input_names})[runner.output_names[0]].argmax(-1) for b in test_batches]
     return float(np.mean(np.concatenate(preds) == labels))
 

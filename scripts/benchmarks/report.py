@@ -96,7 +96,9 @@ def inference_md(i: dict) -> list[str]:
     lines = [
         "## 3. Inference: ONNX latency and size",
         "",
-        f"Sequence {i['seq_len']}, CPU, each runtime's default threading, median of "
+        f"Sequence {i['seq_len']}, CPU, "
+        + (f"{i['threads']} intra-op thread(s)" if i.get("threads") else "each runtime's default threading")
+        + ", median of "
         + ", ".join(f"{v} runs at batch {k}" for k, v in i["repeats"].items())
         + " (files take turns). " + i["source"],
         "",
@@ -209,6 +211,11 @@ def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
         + f". 1-minute load average (all processes on the machine) {meta['load_avg']['start']:.1f} at the start, "
         f"{meta['load_avg']['end']:.1f} at the end. Do not edit by hand: rerun the command.",
     ]
+    if meta.get("threads"):
+        lines += ["", (f"**Run with `--threads {meta['threads']}`**: torch, ONNX Runtime and OpenVINO used {meta['threads']} "
+                  "intra-op thread(s), because other jobs shared the machine (with all cores, their load stalls "
+                  "multi-threaded kernels at every barrier and the run takes several times longer). Absolute times are "
+                  f"{meta['threads']}-thread times; ratios compare like with like.")]
     if meta["preset"] != "full":
         lines += ["", f"**This is the `{meta['preset']}` preset (fewer steps and sizes), not the full benchmark.**"]
     lines.append("")

@@ -22,6 +22,7 @@ import platform
 import shlex
 import sys
 import time
+import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,13 +80,22 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def set_threads(n: int) -> None:
+    """Use ``n`` intra-op threads here and in every worker process (torch reads ``OMP_NUM_THREADS``)."""
+    import torch
+
+    torch.set_num_threads(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_QAT_BENCH_THREADS"):
+        os.environ[var] = str(n)
+
+
 # -- sections -----------------------------------------------------------------------------------
 def run_training(preset: Preset, nncf: NncfEnv) -> dict:
     cfg = preset.training
     out = {k: getattr(cfg, k) for k in ("batch_size", "seq_len", "steps", "warmup", "calibration_samples")}
     out.update(models=[], variant_notes=VARIANT_NOTES)
     for name, label, overrides, steps_warmup in cfg.models:
-        log(f"[training] {label}")
+        log(f"  {label}")
         steps, warmup = steps_warmup or (cfg.steps, cfg.warmup)
         args = ["--model", name, "--batch_size", str(cfg.batch_size), "--seq_len", str(cfg.seq_len), "--steps", str(steps),
                 "--warmup", str(warmup), "--calibration_samples", str(cfg.calibration_samples)]
@@ -126,6 +136,48 @@ def _rows(res: dict, fp32_suffix: str) -> list[dict]:
     return rows
 
 
+def _training_section(preset: Preset, nncf: NncfEnv, results: dict) -> None:
+    results["training"] = run_training(preset, nncf)
+
+
+def _accuracy_section(preset: Preset, nncf: NncfEnv, args, results: dict, state: dict) -> None:
+    from .accuracy import run_accuracy
+
+    try:
+        acc = run_accuracy(preset.accuracy, args.work_dir / "accuracy", nncf, args.data_dir, args.dataset_name,
+                           args.dataset_config_name, log=log)
+    except FileNotFoundError as e:
+        results["skipped_sections"]["accuracy"] = str(e)
+        log(f"  skipped: {e}")
+        return
+    acc["model_label"] = "all-MiniLM-L6-v2" if preset.accuracy.model == "minilm" else "A tiny random BERT"
+    results["accuracy"] = acc
+    state["files"] = acc["files"]
+
+
+def _inference_section(preset: Preset, args, results: dict, state: dict) -> None:
+    from .inference import export_untrained, run_inference
+
+    files = state["files"]
+    source = "Files: the fine-tuned FP32 model, its hf_qat QAT INT8 export and ONNX Runtime's static INT8 of it (section 2)."
+    if files is None:
+        acc_cfg = preset.accuracy
+        files = export_untrained(args.work_dir / "inference", model=acc_cfg.model, exporter=acc_cfg.exporter,
+                                 **acc_cfg.model_overrides)
+        source = ("Files: the untrained classifier, exported FP32, hf_qat INT8 (range init on random tokens) and ONNX "
+                  "Runtime static INT8.")
+    inf = run_inference(files, tuple(preset.inference_batches), dict(preset.inference_repeats), preset.inference_seq_len,
+                        log=log)
+    inf["source"] = source
+    results["inference"] = inf
+
+
+def _scaling_section(preset: Preset, results: dict) -> None:
+    from .scaling import run_scaling
+
+    results["scaling"] = run_scaling(preset.scaling, log=log)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m scripts.benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,12 +191,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data_dir", default=None, help="folder with SST-2 train.tsv and test.tsv (default ../shared/data/sst2)")
     parser.add_argument("--dataset_name", default=None, help="hub dataset instead of --data_dir, e.g. glue")
     parser.add_argument("--dataset_config_name", default=None, help="e.g. sst2")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads for torch, ONNX Runtime and OpenVINO (default: each library's own, all "
+                             "cores); 1 keeps a machine shared with other jobs from stalling multi-threaded kernels")
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     if not sections or set(sections) - set(SECTIONS):
         parser.error(f"--sections: choose from {SECTIONS}")
     preset = PRESETS[args.preset]
     warnings.filterwarnings("ignore")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        set_threads(args.threads)
 
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -154,47 +213,25 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"[nncf] environment {args.nncf_venv}")
         nncf = prepare_nncf_env(args.nncf_venv, create=not args.no_nncf_setup, log=log)
         log(f"  {'NNCF ' + nncf.version if nncf.python else 'NNCF skipped: ' + nncf.reason}")
-    timings = {}
-    mark = time.perf_counter()
-    if "training" in sections:
-        results["training"] = run_training(preset, nncf)
-        timings["training"], mark = time.perf_counter() - mark, time.perf_counter()
-    files = None
-    if "accuracy" in sections:
-        from .accuracy import run_accuracy
-
-        log("[accuracy] SST-2")
+    timings: dict[str, float] = {}
+    state: dict = {"files": None}
+    steps = {
+        "training": lambda: _training_section(preset, nncf, results),
+        "accuracy": lambda: _accuracy_section(preset, nncf, args, results, state),
+        "inference": lambda: _inference_section(preset, args, results, state),
+        "scaling": lambda: _scaling_section(preset, results),
+    }
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        log(f"[{name}]")
+        mark = time.perf_counter()
         try:
-            acc = run_accuracy(preset.accuracy, args.work_dir / "accuracy", nncf, args.data_dir, args.dataset_name,
-                               args.dataset_config_name, log=log)
-            acc["model_label"] = "all-MiniLM-L6-v2" if preset.accuracy.model == "minilm" else "A tiny random BERT"
-            results["accuracy"] = acc
-            files = acc["files"]
-        except FileNotFoundError as e:
-            results["skipped_sections"]["accuracy"] = str(e)
-            log(f"  skipped: {e}")
-        timings["accuracy"], mark = time.perf_counter() - mark, time.perf_counter()
-    if "inference" in sections:
-        from .inference import export_untrained, run_inference
-
-        log("[inference]")
-        source = "Files: the fine-tuned FP32 model, its hf_qat QAT INT8 export and ONNX Runtime's static INT8 of it (section 2)."
-        if files is None:
-            acc_cfg = preset.accuracy
-            files = export_untrained(args.work_dir / "inference", model=acc_cfg.model, exporter=acc_cfg.exporter,
-                                     **acc_cfg.model_overrides)
-            source = "Files: the untrained classifier, exported FP32, hf_qat INT8 (range init on random tokens) and ONNX Runtime static INT8."
-        inf = run_inference(files, tuple(preset.inference_batches), dict(preset.inference_repeats), preset.inference_seq_len,
-                            log=log)
-        inf["source"] = source
-        results["inference"] = inf
-        timings["inference"], mark = time.perf_counter() - mark, time.perf_counter()
-    if "scaling" in sections:
-        from .scaling import run_scaling
-
-        log("[scaling]")
-        results["scaling"] = run_scaling(preset.scaling, log=log)
-        timings["scaling"] = time.perf_counter() - mark
+            steps[name]()
+        except Exception as e:  # noqa: BLE001 - one failed section must not lose the others' numbers
+            traceback.print_exc()
+            results["skipped_sections"][name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        timings[name] = time.perf_counter() - mark
 
     argv_used = sys.argv[1:] if argv is None else argv
     results["meta"] = {
@@ -206,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": versions(),
         "section_s": timings,
         "load_avg": {"start": load_start, "end": os.getloadavg()[0]},
+        "threads": args.threads,
     }
     args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
