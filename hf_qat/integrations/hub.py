@@ -58,6 +58,7 @@ DEFAULT_ATTEMPTS = 3
 BACKOFF_SECONDS = (4.0, 16.0)
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _sleep = time.sleep  # tests replace it to record the waits
+_UNKNOWN = "<unknown>"
 
 #: Patterns of the files a push uploads (everything else in the folder stays local).
 PUSHED_FILES = [
@@ -155,7 +156,10 @@ def push_qat_folder(
     api = HfApi(token=token, endpoint=endpoint)
     with bounded_timeouts(DEFAULT_TIMEOUT if timeout is None else timeout):
         check_push_access(api, repo_id)
-        head_before = _head(api, repo_id, revision)
+        try:
+            head_before: str | None = _head(api, repo_id, revision)
+        except Exception:  # noqa: BLE001 - unknown: the final message says it could not be compared
+            head_before = _UNKNOWN
         waits: list[float] = []
         for attempt in range(1, attempts + 1):
             try:
@@ -263,6 +267,9 @@ def _describe_outcome(api: Any, repo_id: str, revision: str | None, before: str 
     except Exception as e:  # noqa: BLE001 - the hub is unreachable: say so, the push error is what matters
         return (f"Whether {repo_id}@{branch} changed could not be checked ({type(e).__name__}); a push is a single "
                 "commit, so it holds either all of this push or none of it.")
+    if before == _UNKNOWN:
+        return (f"{repo_id}@{branch} is now at {after[:12] if after else 'no commit'}; its head before the push could not "
+                "be read, so whether it changed is unknown. A push is a single commit: the repo holds all of it or none.")
     if after == before:
         where = f"its head is still {before[:12]}" if before else "it holds no commit of this push"
         return (f"{repo_id}@{branch} is unchanged ({where}); uploaded large files may remain stored but "
@@ -277,6 +284,11 @@ def check_push_access(api: Any, repo_id: str) -> str:
     try:
         me = api.whoami()
     except Exception as e:
+        if is_transient(e):
+            raise HubError(
+                f"Cannot push to {repo_id}: the hub did not answer the token check ({type(e).__name__}: {e}). "
+                "Nothing was uploaded; try again later."
+            ) from e
         raise HubError(
             f"Cannot push to {repo_id}: no usable Hugging Face token ({type(e).__name__}: {e}). Run `hf auth login`, "
             "set HF_TOKEN, or pass token=..."

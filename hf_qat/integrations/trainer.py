@@ -597,7 +597,7 @@ def _fsync_tree(folder: str) -> None:
 def _replace_dir(src: str, dst: str) -> None:
     """Rename ``src`` to ``dst``; an existing ``dst`` (a re-run over the same output_dir) is moved aside first."""
     if os.path.exists(dst):
-        aside = f"{os.path.join(os.path.dirname(dst), STAGING_PREFIX)}-{os.path.basename(dst)}.old"
+        aside = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.old")
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(dst, aside)
         os.replace(src, dst)

@@ -130,3 +130,13 @@ def test_rotation_and_best_checkpoint_use_final_names(tmp_path: Path) -> None:
     import json
 
     assert json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())["best_model_checkpoint"] == best
+
+
+def test_a_second_run_over_the_same_output_dir_replaces_checkpoints_whole(tmp_path: Path) -> None:
+    _trainer(tmp_path).train()
+    first = weights(tmp_path / "checkpoint-2")
+    trainer = _trainer(tmp_path, warmup_steps=1)  # a different run
+    trainer.train()  # saves checkpoint-2 and checkpoint-4 again, over the first run's
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4"]
+    assert_loadable(tmp_path / "checkpoint-2")
+    assert any(not torch.equal(first[k], v) for k, v in weights(tmp_path / "checkpoint-2").items())

@@ -179,3 +179,11 @@ def test_the_repo_holds_the_whole_push_or_none_of_it(hub: HubServer, saved, wait
     hub.faults.clear()
     assert hub.files(repo) in (before, expected)
     assert len(hub.commits(repo)) in (2, 3)
+
+
+def test_an_unanswered_token_check_is_not_reported_as_a_bad_token(hub: HubServer, saved, waits) -> None:
+    old, _ = saved
+    hub.faults.append(Fault("GET", "/api/whoami-v2", status=503, times=1000))
+    with pytest.raises(HubError, match=r"(?s)did not answer the token check.*Nothing was uploaded"):
+        push_qat_folder(old, "test-user/whoami-down")
+    assert not [r for r in hub.requests if r[0] != "GET" and "whoami-down" in r[1]]
