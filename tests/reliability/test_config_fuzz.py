@@ -56,10 +56,17 @@ def test_broken_configs_raise_config_error_naming_the_path(case: tuple[dict[str,
 
 JSON_LEAVES = (
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([float("nan"), float("inf"), -float("inf")])
     | st.text(max_size=6) | st.sampled_from(SCOPES + ["{re}(", "{re}[a-", "quantization", "symmetric", "NPU"])
 )
 JUNK = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                     max_leaves=8)
+
+
+def _get(value: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        value = value[p]
+    return value
 
 
 def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -76,7 +83,13 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @fuzz(500)
 @given(valid_configs(), JUNK, st.data())
 def test_junk_anywhere_is_accepted_or_refused_with_config_error(config: dict[str, Any], junk: Any, data: st.DataObject) -> None:
-    path = data.draw(st.sampled_from(_paths(config)))
+    paths = _paths(config)
+    if data.draw(st.booleans()):  # aim at numbers with numbers: NaN passes every range check of JSON schema
+        numbers = [p for p in paths if p and isinstance(_get(config, p), (int, float)) and not isinstance(_get(config, p), bool)]
+        floats = [p for p in numbers if isinstance(_get(config, p), float)]
+        paths = floats or numbers or paths
+        junk = data.draw(st.sampled_from([float("nan"), float("inf"), -float("inf"), 2**70, -1, 0.0]))
+    path = data.draw(st.sampled_from(paths))
     if not path:
         config = junk
     else:
