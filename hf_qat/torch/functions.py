@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 
 import torch
@@ -77,6 +78,11 @@ def _backward_kernel(
 
 _compile_failed = False
 
+#: Graphs each kernel may compile (dynamo's default, 8, is shared by every compiled function; channel
+#: counts of 1, views and coinciding sizes each still cost one graph, and several models in one process
+#: add theirs, after which dynamo would run new shapes eagerly).
+RECOMPILE_LIMIT = 64
+
 
 @functools.lru_cache(maxsize=None)
 def _compiled(name: str):
@@ -89,12 +95,57 @@ def kernels_compiled() -> bool:
     return os.environ.get("HF_QAT_COMPILE_KERNELS", "1") != "0" and not _compile_failed
 
 
+def _canonical_layout(x: torch.Tensor, param: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(outer, channels, inner)`` such that ``x`` viewed as ``[outer, channels, inner]`` meets ``param``
+    viewed as ``[1, channels, 1]`` (``None`` when ``param``'s non-1 dimensions are not one contiguous run of
+    ``x``'s dimensions)."""
+    if x.dim() == 0 or param.dim() > x.dim():
+        return None
+    pshape = [1] * (x.dim() - param.dim()) + list(param.shape)
+    wide = [i for i, n in enumerate(pshape) if n != 1]
+    if not wide:
+        return 1, 1, x.numel()
+    first, last = wide[0], wide[-1]
+    if any(pshape[i] != x.shape[i] for i in range(first, last + 1)):
+        return None
+    outer = math.prod(x.shape[:first])
+    return outer, math.prod(x.shape[first : last + 1]), math.prod(x.shape[last + 1 :])
+
+
+def _run_compiled(name: str, args: tuple):
+    """Run a compiled kernel on ``[outer, channels, inner]`` views, so that quantizers of any rank, layout
+    or channel axis share a few compiled graphs instead of one graph per input rank and stride pattern
+    (MiniLM alone needed 8 per kernel, dynamo's limit, after which new shapes ran eagerly)."""
+    x = args[0] if name == "forward" else args[1]
+    param = args[1] if name == "forward" else args[2]
+    layout = _canonical_layout(x, param)
+    if layout is None:
+        return None
+    shape3, pshape3 = layout, (1, layout[1], 1)
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return _call_compiled(name, args, shape3, pshape3)
+
+
+def _call_compiled(name: str, args: tuple, shape3: tuple[int, int, int], pshape3: tuple[int, int, int]):
+    if name == "forward":
+        xd, *params, ll, lh = args
+        out = _compiled(name)(xd.contiguous().view(shape3), *(p.reshape(pshape3) for p in params), ll, lh)
+        return out.view(xd.shape)
+    g, x, *params, ll, lh, _reduce_dims, need_x = args
+    grad_x, grad_range, grad_outside = _compiled(name)(
+        g.contiguous().view(shape3), x.contiguous().view(shape3), *(p.reshape(pshape3) for p in params), ll, lh, [0, 2], need_x
+    )
+    return (None if grad_x is None else grad_x.view(x.shape)), grad_range, grad_outside
+
+
 def _run(name: str, numel: int, *args):
     global _compile_failed
     eager = _forward_kernel if name == "forward" else _backward_kernel
     if numel >= COMPILE_MIN_NUMEL and kernels_compiled() and not torch.jit.is_scripting() and not _is_exporting():
         try:
-            return _compiled(name)(*args)
+            out = _run_compiled(name, args)
+            if out is not None:
+                return out
         except Exception as e:  # no C++ compiler, unsupported platform...: fall back once, loudly
             _compile_failed = True
             logger.warning("hf_qat: compiling the fake-quantization kernels failed (%s); using eager kernels.", e)
