@@ -24,6 +24,7 @@ from .errors import (
     JSONFileError,
     NothingToQuantizeError,
     ScopeError,
+    UnsupportedLayerError,
     WriteError,
 )
 
@@ -56,6 +57,8 @@ _LAZY = {
     "load_metric": ".integrations.metrics",
     "push_to_hub": ".integrations.hub",
     "load_onnx_from_hub": ".integrations.hub",
+    "KerasQATTrainer": ".integrations.keras_trainer",
+    "KerasQATArguments": ".integrations.keras_trainer",
 }
 
 
@@ -90,6 +93,9 @@ __all__ = [
     "QATTrainer",
     "QATTrainingArguments",
     "load_metric",
+    # Keras (hf_qat.keras holds the backend: create_compressed_model etc. for keras.Model)
+    "KerasQATTrainer",
+    "KerasQATArguments",
     # hub
     "push_to_hub",
     "load_onnx_from_hub",
@@ -106,4 +112,5 @@ __all__ = [
     "JSONFileError",
     "WriteError",
     "CheckpointError",
+    "UnsupportedLayerError",
 ]

@@ -1,6 +1,7 @@
 """Quantization-aware training of a Hugging Face model, end to end.
 
     python scripts/run_qat.py                      # built-in default: offline, about a minute on 2 CPU cores
+    python scripts/run_qat.py --framework tf       # the same on Keras 3 / keras-hub (scripts/run_qat_tf.py)
     python scripts/run_qat.py --model_name <hub id or dir> --task text-classification \\
         --dataset_name glue --dataset_config_name sst2 --output_dir out [any TrainingArguments flag]
 
@@ -236,7 +237,31 @@ def parse(argv: list[str] | None):
     return model_args, data_args, training_args, builtin
 
 
+def framework_of(argv: list[str]) -> str:
+    """``pt`` (default) or ``tf`` from ``--framework``; the flag is removed from ``argv``."""
+    framework = "pt"
+    for i, a in enumerate(list(argv)):
+        if a.startswith("--framework="):
+            framework = a.split("=", 1)[1]
+            argv.remove(a)
+        elif a == "--framework" and i + 1 < len(argv):
+            framework = argv[i + 1]
+            del argv[i : i + 2]
+        else:
+            continue
+        break
+    if framework not in ("pt", "pytorch", "tf", "tensorflow", "keras"):
+        raise RunError(f"--framework {framework!r}: expected pt (PyTorch) or tf (Keras 3 with TensorFlow)")
+    return "tf" if framework in ("tf", "tensorflow", "keras") else "pt"
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if framework_of(argv) == "tf":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import run_qat_tf
+
+        return run_qat_tf.main(argv)
     import torch
     from transformers import Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging

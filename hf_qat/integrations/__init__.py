@@ -14,6 +14,8 @@ _LAZY = {
     "QATTrainingArguments": "trainer",
     "CompressionSchedulerCallback": "trainer",
     "default_nncf_config": "trainer",
+    "KerasQATTrainer": "keras_trainer",
+    "KerasQATArguments": "keras_trainer",
 }
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "QATTrainingArguments",
     "CompressionSchedulerCallback",
     "default_nncf_config",
+    "KerasQATTrainer",
+    "KerasQATArguments",
     "quantization_config_dict",
     "QUANT_METHOD",
     "COMPRESSION_STATE_NAME",

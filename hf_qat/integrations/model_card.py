@@ -31,8 +31,19 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str | None, dataset: str | None = None, repo_id: str | None = None):
-    """A ``ModelCard`` for a QAT model: metadata (base model, relation, tags, model-index) and body."""
+def render_model_card(
+    ctrl: Any,
+    results: dict[str, Any],
+    base_model: str | None,
+    dataset: str | None = None,
+    repo_id: str | None = None,
+    framework: str = "pytorch",
+):
+    """A ``ModelCard`` for a QAT model: metadata (base model, relation, tags, model-index) and body.
+
+    ``framework`` is ``"pytorch"`` (transformers checkpoint) or ``"keras"`` (keras-hub preset or
+    ``model.keras``); it selects the card's library and usage section.
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from .quantization_config import quantization_scheme
@@ -56,9 +67,9 @@ def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str | None
     card_data = ModelCardData(
         base_model=base_model if base_is_hub_id else None,
         base_model_relation="quantized" if base_is_hub_id else None,
-        library_name="transformers",
+        library_name="keras" if framework == "keras" else "transformers",
         pipeline_tag=_PIPELINE_TAGS.get(task, task),
-        tags=["hf_qat", "qat", "int8", "onnx", "nncf"],
+        tags=["hf_qat", "qat", "int8", "onnx", "nncf"] + (["tensorflow", "keras"] if framework == "keras" else []),
         datasets=[dataset] if dataset else None,
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
@@ -85,14 +96,23 @@ def render_model_card(ctrl: Any, results: dict[str, Any], base_model: str | None
         scheme=quantization_scheme(ctrl),
         auto_class=_AUTO_CLASSES.get(task, "AutoModel"),
         repo_id=repo_id,
+        framework=framework,
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, ctrl: Any, results: dict[str, Any], base_model: str | None, dataset: str | None = None, repo_id: str | None = None) -> Path:
+def write_model_card(
+    output_dir: str | os.PathLike,
+    ctrl: Any,
+    results: dict[str, Any],
+    base_model: str | None,
+    dataset: str | None = None,
+    repo_id: str | None = None,
+    framework: str = "pytorch",
+) -> Path:
     """Render the card and write ``README.md`` into ``output_dir`` (atomically)."""
     from ..utils.io import atomic_write_text
 
-    card = render_model_card(ctrl, results, base_model, dataset, repo_id)
+    card = render_model_card(ctrl, results, base_model, dataset, repo_id, framework)
     path = Path(output_dir) / "README.md"
     atomic_write_text(path, str(card))
     return path

@@ -141,9 +141,7 @@ class KerasQuantizationController:
                 "float"
                 if q is None
                 else f"{q.spec.num_bits}-bit {q.spec.mode.value}"
-                + (
-                    " per-channel" if q.spec.per_channel else ""
-                )
+                + (" per-channel" if q.spec.per_channel else "")
             )
             rows.append(
                 f"{node.path:<60} {node.kind.name:<12} weight: {describe(w):<28} input: {describe(a)}"

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -93,6 +94,20 @@ def _signature(
         for t, n in zip(ordered, names)
     ]
     return specs, names, dict_names is not None
+
+
+def feed_arrays(model: Any, features: Any) -> dict[str, np.ndarray]:
+    """``{input name: array}`` for an exported graph from model features (dict, tuple or tensor),
+    cast to the graph's input dtypes (keras-hub preprocessors emit boolean padding masks, for example)."""
+    specs, names, takes_dict = _signature(model, None)
+    if takes_dict:
+        values = [features[n] for n in names]
+    else:
+        values = list(features) if isinstance(features, (tuple, list)) else [features]
+    return {
+        n: np.asarray(v).astype(s.dtype.as_numpy_dtype)
+        for n, v, s in zip(names, values, specs)
+    }
 
 
 def _inference_fn(model: Any, names: list[str], takes_dict: bool):
@@ -233,6 +248,76 @@ def _check_onnx_exportable(ctrl: Any) -> None:
             )
 
 
+def replace_erfc(model: Any) -> int:
+    """Rewrite TF's ``Erfc`` (exact GELU: ``0.5 * x * erfc(-x / sqrt(2))``), which tf2onnx passes
+    through but ONNX lacks, as ``1 - Erf(x)``. Returns the number of nodes rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    count = 0
+    nodes = []
+    one = None
+    for node in graph.node:
+        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        if one is None:
+            one = "hf_qat_erfc_one"
+            graph.initializer.append(
+                numpy_helper.from_array(np.array(1.0, np.float32), one)
+            )
+        erf_out = f"{node.output[0]}__erf"
+        nodes.append(
+            helper.make_node(
+                "Erf", [node.input[0]], [erf_out], name=f"{node.name}__erf"
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "Sub", [one, erf_out], [node.output[0]], name=f"{node.name}__one_minus"
+            )
+        )
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.checker.check_model(model)
+    return count
+
+
+def set_activation_grids(model: Any, ctrl: Any) -> int:
+    """Give every activation ``QuantizeLinear``/``DequantizeLinear`` TF's exact step and zero point.
+
+    tf2onnx recomputes them from the fake-quant range in float64 (``zp = round(-min / scale)``), while
+    TF nudges in float32: a zero point at exactly ``.5`` (a signed symmetric range has 127.5) can
+    round differently. tf2onnx also shares equal-valued initializers between quantizers, so each
+    quantizer gets its own ``hf_qat_aq<i>_scale``/``_zero_point`` initializers. The nodes are found
+    by their op name ``aq<i>``. Returns the nodes updated.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    updated = 0
+    for i, q in enumerate(ctrl.activation_quantizers.values()):
+        step, k_low, _ = q.grid()
+        pattern = re.compile(rf"(?<![\w])aq{i}(?!\d)")
+        names = None
+        for node in model.graph.node:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or not pattern.search(node.name):
+                continue
+            if len(node.input) < 3 or node.input[2] not in inits:
+                continue
+            if names is None:
+                zp_dtype = numpy_helper.to_array(inits[node.input[2]]).dtype
+                names = (f"hf_qat_aq{i}_scale", f"hf_qat_aq{i}_zero_point")
+                model.graph.initializer.append(numpy_helper.from_array(np.asarray(step.reshape(-1)[0], np.float32), names[0]))
+                model.graph.initializer.append(numpy_helper.from_array(np.asarray(-k_low.reshape(-1)[0], zp_dtype), names[1]))
+            node.input[1], node.input[2] = names
+            updated += 1
+    return updated
+
+
 def fold_weight_quantize_linear(model: Any) -> int:
     """Replace every ``QuantizeLinear`` of a constant by its int8/uint8 result (in place).
 
@@ -314,6 +399,8 @@ def export_onnx_model(
         raise ExportError(
             f"tf2onnx could not convert the model: {type(e).__name__}: {e}"
         ) from e
+    replace_erfc(model_proto)
+    set_activation_grids(model_proto, ctrl)
     num_folded = fold_weight_quantize_linear(model_proto)
     meta = model_proto.metadata_props.add()
     meta.key, meta.value = "hf_qat.activation_quantizer_ids", json.dumps(ids)

@@ -9,6 +9,7 @@ points on its input port 0, exactly the ids the PyTorch backend writes (``<node>
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,12 +104,22 @@ def walk_layers(model: Any) -> list[LayerNode]:
     return nodes
 
 
+#: Names of variables that are added to activations rather than multiplied with them (class
+#: tokens, position tables, norms): kept in float, as the PyTorch backend keeps such parameters.
+_ADDITIVE = re.compile(
+    r"(token|position|embedding|cls|bias|gamma|beta|scale|mean|variance)", re.IGNORECASE
+)
+
+
 def _own_matrices(layer: Any) -> list[str]:
-    """Names of the layer's own (not its sublayers') variables of rank >= 2."""
-    own = list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    )
-    return [f"{v.name} {list(v.shape)}" for v in own if len(v.shape) >= 2]
+    """The layer's own (not its sublayers') rank >= 2 variables that look like weights of a product."""
+    own = list(getattr(layer, "_trainable_variables", []))
+    own += list(getattr(layer, "_non_trainable_variables", []))
+    return [
+        f"{v.name} {list(v.shape)}"
+        for v in own
+        if len(v.shape) >= 2 and not _ADDITIVE.search(v.name)
+    ]
 
 
 def _fed_by_model_input(model: Any, layer: Any) -> bool:
@@ -146,6 +157,15 @@ def build_quantizer_setup(model: Any, settings: QuantizationSettings) -> Quantiz
                 for n in nodes
                 if n.kind is not None and n.kind.quantize_input
             ],
+        )
+    own = _own_matrices(model)
+    if own and not settings.ignored_scopes:
+        raise UnsupportedLayerError(
+            getattr(model, "name", "<model>"),
+            type(model).__name__,
+            f"holds weight(s) {own} directly (a subclassed model computing with its own variables): hf_qat "
+            "quantizes layers and cannot see into such a computation. Move the computation into "
+            "keras.layers.Dense/EinsumDense/Conv layers, or set \"ignored_scopes\" to accept leaving it in float.",
         )
     points: list[QuantizationPoint] = []
     wq_potential = aq_potential = 0

@@ -167,7 +167,12 @@ class _EmbeddingMixin(_QuantizedLayerMixin):
             return super().call(inputs, *args, **kwargs)
         if inputs.dtype not in ("int32", "int64"):
             inputs = ops.cast(inputs, "int32")
-        out = ops.take(_q_weight(self, self.embeddings), inputs, axis=0)
+        q = self.__dict__["_hf_qat"].weight
+        out = (
+            ops.take(self.embeddings, inputs, axis=0)
+            if q is None
+            else q.quantize_rows(self.embeddings, inputs)
+        )
         return ops.cast(out, dtype=self.compute_dtype)
 
 
@@ -218,6 +223,9 @@ def hidden_quantizer_variables(layer: Any) -> Iterator[None]:
 def quantize_layer(layer: Any, kind: LayerKind, quantizers: LayerQuantizers) -> None:
     """Turn ``layer`` into its quantized class with ``quantizers`` (already created on it)."""
     layer.__dict__["_hf_qat"] = quantizers
+    layer.__dict__["_hf_qat_supports_jit"] = layer.supports_jit
+    # TF's fake-quant ops (and their gradients) are not compiled by XLA: jit_compile="auto" stays off
+    layer.supports_jit = False
     layer.__class__ = _quantized_class(type(layer), kind)
 
 
@@ -239,6 +247,7 @@ def unquantize_layer(layer: Any) -> None:
             if name in layer.__dict__:
                 delattr(layer, name)
     del layer.__dict__["_hf_qat"]
+    layer.supports_jit = layer.__dict__.pop("_hf_qat_supports_jit", True)
     base = getattr(type(layer), "_hf_qat_base_class", None)
     if base is not None:
         layer.__class__ = base

@@ -213,10 +213,40 @@ class KerasQuantizer:
         high = low + tf.abs(tf.convert_to_tensor(self.input_range)) + EPS
         return tf.minimum(low, 0.0), tf.maximum(high, 0.0)
 
+    def nudged_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """The range TF's fake-quant op actually clamps to (after its zero-point nudging), per channel.
+
+        Read from the op itself (a probe far outside the range comes back clamped to it), so it is
+        exactly what training uses, including TF's float32 rounding of a zero point at ``.5``.
+        """
+        low, high = self.range_tensors()
+        far = tf.abs(low) + tf.abs(high) + 1.0
+        kw = {"num_bits": self.spec.train_bits, "narrow_range": self.spec.narrow_range}
+        probe = tf.stack([low - far, high + far])
+        if self.per_channel:
+            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                probe, low, high, **kw
+            )
+        else:
+            out = tf.quantization.fake_quant_with_min_max_vars(probe, low, high, **kw)
+        out = out.numpy().astype(np.float32)
+        return np.atleast_1d(out[0]), np.atleast_1d(out[1])
+
     def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(step, int_low, int_high)`` of the grid ``quantize`` uses, per channel (NumPy)."""
+        """``(step, int_low, int_high)`` of the grid ``quantize`` uses, per channel (NumPy).
+
+        ``step`` is TF's float32 scale; the integers are relative to the zero point (see :func:`nudged_grid`).
+        """
         low, high = (np.atleast_1d(t.numpy()) for t in self.range_tensors())
-        return nudged_grid(low, high, self.spec.train_bits, self.spec.narrow_range)
+        step, _, _ = nudged_grid(
+            low, high, self.spec.train_bits, self.spec.narrow_range
+        )
+        nmin, nmax = self.nudged_range()
+        return (
+            step,
+            np.rint(nmin / step).astype(np.int64),
+            np.rint(nmax / step).astype(np.int64),
+        )
 
     # -- forward ----------------------------------------------------------------------------------
     def fake_quant(self, x: tf.Tensor, name: str | None = None) -> tf.Tensor:
@@ -263,9 +293,11 @@ class KerasQuantizer:
             return
         shape = tuple(self.range_tensors()[0].shape)
         step, k_low, k_high = self.grid()
-        # the nudged range: re-nudging it is exact, so TF and tf2onnx agree on the zero point
-        low = (k_low.astype(np.float32) * step).reshape(shape)
-        high = (k_high.astype(np.float32) * step).reshape(shape)
+        # the very range training uses: TF nudges it the same way (re-nudging an already nudged range
+        # can resolve a zero point or an extreme value that sits on a half step the other way)
+        low, high = (
+            t.numpy().astype(np.float32).reshape(shape) for t in self.range_tensors()
+        )
         self._export_state = {
             "enabled": self.enabled,
             "low": low,
@@ -332,6 +364,38 @@ class KerasQuantizer:
             axis=len(flat.shape) - 1 if self.per_channel else -1,
         )
         return self.layout.from_channels_last(out) if self.per_channel else out
+
+    def quantize_rows(self, table: Any, ids: tf.Tensor) -> tf.Tensor:
+        """``take(quantize(table), ids)`` computed on the gathered rows only (per-row quantized tables).
+
+        The rows of an embedding table quantized per row (axis 0) are fake-quantized after the
+        lookup with their own ranges: the same values and gradients as quantizing the whole table
+        first, at the cost of the batch's rows instead of the vocabulary's. Per-tensor tables and
+        exports use the whole table.
+        """
+        if self.export_mode is not None or not (
+            self.per_channel and self.layout.channel_axes == (0,)
+        ):
+            return tf.gather(self(table), ids, axis=0)
+        rows = tf.gather(tf.convert_to_tensor(table), ids, axis=0)
+        dtype = rows.dtype
+        flat_ids = tf.reshape(ids, [-1])
+        flat = tf.reshape(tf.cast(rows, tf.float32), [-1, tf.shape(rows)[-1]])
+
+        def quantized() -> tf.Tensor:
+            low, high = self.range_tensors()
+            low, high = tf.gather(low, flat_ids), tf.gather(high, flat_ids)
+            kw = {
+                "num_bits": self.spec.train_bits,
+                "narrow_range": self.spec.narrow_range,
+            }
+            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                tf.transpose(flat), low, high, **kw
+            )
+            return tf.transpose(out)
+
+        out = tf.cond(self.enabled_var > 0, quantized, lambda: tf.identity(flat))
+        return tf.cast(tf.reshape(out, tf.shape(rows)), dtype)
 
     # -- range initialisation -----------------------------------------------------------------
     def _collect(self, x: Any) -> None:
