@@ -207,7 +207,6 @@ def test_builtin_default_run(tmp_path):
     v = results["values"]
     assert results["train_samples"] + results["eval_samples"] == 198
     assert v["fp32"] >= 0.8 and v["int8_onnx"] >= v["fp32"] - 0.1
-    assert results["wall_time_s"] < 180
 
 
 @pytest.mark.slow
