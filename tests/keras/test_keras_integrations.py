@@ -358,3 +358,37 @@ def test_run_qat_tf_image_classification_on_a_vit_preset(tmp_path):
     assert any(n.endswith("patch_embedding") for n in weights) and any(n.endswith("position_embedding") for n in weights)
     assert results["values"]["int8_onnx"] is not None
     assert abs(results["values"]["int8"] - results["values"]["int8_onnx"]) <= 1 / 8 + 1e-9
+
+
+def test_hostile_keras_file_is_refused_without_running_code(tmp_path):
+    """A model.keras whose Lambda layer would run code on load: Keras' safe mode refuses it."""
+    marker = tmp_path / "marker"
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    inp = keras.Input((4,))
+    touch = eval(f"lambda x: x + (open({str(marker)!r}, 'w').close() or 0)")  # no closure: Keras serializes the code
+    out = keras.layers.Lambda(touch)(inp)
+    keras.Model(inp, out).save(folder / "model.keras")
+    marker.unlink(missing_ok=True)  # the lambda ran once while saving; loading must not run it again
+    for name in ("compression_state.json", "nncf_config.json"):
+        (folder / name).write_text("{}")
+    with pytest.raises(ValueError, match="(?i)lambda|unsafe|safe_mode"):
+        keras_io.from_pretrained(folder)
+    assert not marker.exists()
+    # the file is really hostile: loaded unsafely, its code runs
+    keras.saving.load_model(folder / "model.keras", safe_mode=False)(np.zeros((1, 4), "float32"))
+    assert marker.exists()
+
+
+def test_malformed_or_oversized_compression_state_is_a_clear_error(tmp_path, monkeypatch):
+    ds, _ = bert_data()
+    trainer = KerasQATTrainer(tiny_bert(), args(tmp_path, num_train_epochs=1, save_checkpoints=False), train_dataset=ds)
+    trainer.compress()
+    folder = trainer.save_model(str(tmp_path / "saved"))
+    (folder / "compression_state.json").write_text('{"builder_state": ')
+    with pytest.raises(CompressionStateError, match="not valid JSON"):
+        keras_io.restore_quantizers(tiny_bert(), folder)
+    monkeypatch.setattr(keras_io, "_MAX_JSON_BYTES", 8)
+    (folder / "compression_state.json").write_text(json.dumps(trainer.ctrl.get_compression_state()))
+    with pytest.raises(CompressionStateError, match="hf_qat reads JSON files up to 8 bytes"):
+        keras_io.restore_quantizers(tiny_bert(), folder)
