@@ -392,3 +392,58 @@ def test_malformed_or_oversized_compression_state_is_a_clear_error(tmp_path, mon
     (folder / "compression_state.json").write_text(json.dumps(trainer.ctrl.get_compression_state()))
     with pytest.raises(CompressionStateError, match="hf_qat reads JSON files up to 8 bytes"):
         keras_io.restore_quantizers(tiny_bert(), folder)
+
+
+KILL_WORKER = """
+import os, signal, sys
+os.environ["KERAS_BACKEND"] = "tensorflow"
+sys.path.insert(0, {tests!r})
+import tensorflow as tf
+from keras_trainer_worker_support import run
+saves = []
+original = tf.train.CheckpointManager._record_state
+
+def record_then_die(self):
+    saves.append(1)
+    if len(saves) == 3:  # epoch 2 (two records per save): data written, index not yet updated
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self)
+
+tf.train.CheckpointManager._record_state = record_then_die
+run({out!r}, epochs=2)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_keras_checkpoint_save_resumes_to_the_same_weights(tmp_path):
+    import subprocess
+
+    support = tmp_path / "keras_trainer_worker_support.py"
+    support.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        f"sys.path.insert(0, {os.path.join(os.path.dirname(__file__), '..')!r})\n"
+        "from test_keras_integrations import KerasQATTrainer, args, bert_data, tiny_bert\n"
+        "from pathlib import Path\n"
+        "def run(out, epochs):\n"
+        "    ds, _ = bert_data()\n"
+        "    trainer = KerasQATTrainer(tiny_bert(), args(Path(out), num_train_epochs=epochs), train_dataset=ds)\n"
+        "    trainer.train()\n"
+        "    return trainer\n"
+    )
+    worker = tmp_path / "worker.py"
+    worker.write_text(KILL_WORKER.format(tests=str(tmp_path), out=str(tmp_path / "killed")))
+    proc = subprocess.run([sys.executable, str(worker)], check=False, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    ckpt_dir = tmp_path / "killed" / "out" / "checkpoints"
+    assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith("ckpt-1")  # the interrupted save is not the latest
+
+    ds, _ = bert_data()
+    resumed = KerasQATTrainer(tiny_bert(), args(tmp_path / "killed", num_train_epochs=2), train_dataset=ds)
+    resumed.train(resume_from_checkpoint=True)
+    straight = KerasQATTrainer(tiny_bert(), args(tmp_path / "straight", num_train_epochs=2), train_dataset=ds)
+    straight.train()
+    expected, got = variables_of(straight.model), variables_of(resumed.model)
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert np.array_equal(got[name], value), name
