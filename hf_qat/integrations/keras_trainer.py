@@ -15,7 +15,6 @@ ONNX, saves a folder that keras-hub/Keras load without hf_qat, and pushes it to 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ..utils.io import atomic_write_text
 
 __all__ = ["KerasQATArguments", "KerasQATTrainer", "default_nncf_config"]
 
@@ -82,17 +79,15 @@ class KerasQATArguments:
     )
 
 
-class _CheckpointCallback:
-    """Writes ``tf.train.Checkpoint(model, optimizer, compression_state)`` after every epoch."""
+def _checkpoint_callback(trainer: KerasQATTrainer) -> Any:
+    """A Keras callback writing ``tf.train.Checkpoint(model, optimizer, compression_state)`` after every epoch."""
+    import keras
 
-    def __new__(cls, trainer: KerasQATTrainer):
-        import keras
+    class CheckpointCallback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            trainer._write_checkpoint(epoch + 1)
 
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                trainer._write_checkpoint(epoch + 1)
-
-        return Callback()
+    return CheckpointCallback()
 
 
 class KerasQATTrainer:
@@ -241,7 +236,7 @@ class KerasQATTrainer:
             self._compile()
         callbacks = self.ctrl.callbacks() + self.callbacks
         if self.args.save_checkpoints:
-            callbacks.append(_CheckpointCallback(self))
+            callbacks.append(_checkpoint_callback(self))
         self.history = self.model.fit(
             self.train_dataset,
             validation_data=self.eval_dataset,
@@ -335,8 +330,3 @@ class KerasQATTrainer:
         return push_to_hub_keras(
             self.model, self.ctrl, repo_id, results=results, **kwargs
         )
-
-    def write_results(self, results: dict[str, Any]) -> Path:
-        path = self.output_dir / "qat_results.json"
-        atomic_write_text(path, json.dumps(results, indent=2, default=float))
-        return path

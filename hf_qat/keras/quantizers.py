@@ -20,7 +20,6 @@ between them unchanged (the spec is shared; the learned ranges are backend-speci
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -457,15 +456,3 @@ class KerasQuantizer:
         for k, v in self.variables.items():
             v.assign(arrays[f"{self.id}/{k}"])
         self.initialized = True
-
-
-def describe_range(q: KerasQuantizer) -> str:
-    """Short human description of a quantizer's current range (for logs and errors)."""
-    low, high = (t.numpy() for t in q.range_tensors())
-    lo = float(np.min(low))
-    hi = float(np.max(high))
-    return (
-        f"[{lo:.4g}, {hi:.4g}]"
-        if math.isfinite(lo) and math.isfinite(hi)
-        else f"[{lo}, {hi}]"
-    )
