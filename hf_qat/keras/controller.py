@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import keras
@@ -10,19 +9,12 @@ import numpy as np
 import tensorflow as tf
 
 from ..core.algo_config import QuantizationSettings
-from ..core.report import CompressionStatistics, QuantizationStatistics
-from ..core.scheduler import QuantizationScheduler
-from ..core.state import ALGO_NAME, QuantizerSetup, make_compression_state
+from ..core.controller import CompressionStage, QuantizationControllerBase
+from ..core.state import QuantizerSetup
 from ..errors import CompressionStateError
 from .quantizers import KerasQuantizer
 
 __all__ = ["CompressionCallback", "CompressionStage", "KerasQuantizationController"]
-
-
-class CompressionStage(enum.IntEnum):
-    UNCOMPRESSED = 0
-    PARTIALLY_COMPRESSED = 1
-    FULLY_COMPRESSED = 2
 
 
 class CompressionCallback(keras.callbacks.Callback):
@@ -44,7 +36,7 @@ class CompressionCallback(keras.callbacks.Callback):
         self.ctrl.scheduler.step()
 
 
-class KerasQuantizationController:
+class KerasQuantizationController(QuantizationControllerBase):
     """Controls the quantizers of a compressed Keras model.
 
     Obtain one from [`hf_qat.keras.create_compressed_model`]. ``ctrl.callbacks()`` gives the Keras
@@ -59,35 +51,9 @@ class KerasQuantizationController:
         settings: QuantizationSettings,
         config: Any,
     ):
-        self._model = model
-        self.setup = setup
-        self.quantizers = quantizers
-        self.settings = settings
-        self.config = config
-        self.scheduler = QuantizationScheduler(
-            settings.activations_quant_start_epoch,
-            settings.weights_quant_start_epoch,
-            self._apply_stage,
-        )
-        self.scheduler._update_stage()
+        super().__init__(model, setup, quantizers, settings, config)
 
     # -- NNCF controller API --------------------------------------------------------------
-    @property
-    def model(self) -> Any:
-        return self._model
-
-    @property
-    def name(self) -> str:
-        return ALGO_NAME
-
-    @property
-    def weight_quantizers(self) -> dict[str, KerasQuantizer]:
-        return {qid: q for qid, q in self.quantizers.items() if q.is_weight}
-
-    @property
-    def activation_quantizers(self) -> dict[str, KerasQuantizer]:
-        return {qid: q for qid, q in self.quantizers.items() if not q.is_weight}
-
     def loss(self) -> tf.Tensor:
         """Compression loss: zero for quantization (kept for NNCF-style training loops)."""
         return tf.zeros(())
@@ -95,37 +61,6 @@ class KerasQuantizationController:
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """Keras callbacks to pass to ``model.fit`` (the compression scheduler)."""
         return [CompressionCallback(self)]
-
-    def compression_stage(self) -> CompressionStage:
-        enabled = [q.enabled for q in self.quantizers.values()]
-        if all(enabled):
-            return CompressionStage.FULLY_COMPRESSED
-        return (
-            CompressionStage.PARTIALLY_COMPRESSED
-            if any(enabled)
-            else CompressionStage.UNCOMPRESSED
-        )
-
-    def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
-        wq = list(self.weight_quantizers.values())
-        aq = list(self.activation_quantizers.values())
-        all_q = wq + aq
-        stats = QuantizationStatistics(
-            wq_counter=len(wq),
-            aq_counter=len(aq),
-            wq_potential_num=self.setup.wq_potential_num,
-            aq_potential_num=self.setup.aq_potential_num,
-            num_wq_per_bitwidth=QuantizationStatistics.bitwidth_histogram(
-                [q.spec.num_bits for q in wq]
-            ),
-            num_aq_per_bitwidth=QuantizationStatistics.bitwidth_histogram(
-                [q.spec.num_bits for q in aq]
-            ),
-            num_enabled=sum(q.enabled for q in all_q),
-            num_symmetric=sum(q.spec.symmetric for q in all_q),
-            num_per_channel=sum(q.spec.per_channel for q in all_q),
-        )
-        return CompressionStatistics(stats)
 
     def quantized_layers_table(self) -> str:
         """One line per layer hf_qat looked at: what is quantized there (and what is not)."""
@@ -148,57 +83,7 @@ class KerasQuantizationController:
             )
         return "\n".join(rows)
 
-    # -- switches ---------------------------------------------------------------------------
-    def _set(self, quantizers, enabled: bool) -> None:
-        for q in quantizers:
-            q.set_enabled(enabled)
-
-    def enable_weight_quantization(self) -> None:
-        self._set(self.weight_quantizers.values(), True)
-
-    def disable_weight_quantization(self) -> None:
-        self._set(self.weight_quantizers.values(), False)
-
-    def enable_activation_quantization(self) -> None:
-        self._set(self.activation_quantizers.values(), True)
-
-    def disable_activation_quantization(self) -> None:
-        self._set(self.activation_quantizers.values(), False)
-
-    def _apply_stage(self, weights: bool, activations: bool) -> None:
-        self._set(self.weight_quantizers.values(), weights)
-        self._set(self.activation_quantizers.values(), activations)
-
     # -- state ------------------------------------------------------------------------------
-    def get_ctrl_state(self) -> dict[str, Any]:
-        return {
-            "loss_state": None,
-            "scheduler_state": self.scheduler.get_state(),
-            "compression_stage": int(self.compression_stage()),
-        }
-
-    def get_compression_state(self) -> dict[str, Any]:
-        """JSON-serialisable state that recreates the quantizers (NNCF layout, same as PyTorch's).
-
-        Keep it next to a ``tf.train.Checkpoint`` (see [`hf_qat.keras.CompressionState`]) and pass it
-        to ``create_compressed_model(model, config, compression_state=...)`` to restore.
-        """
-        return make_compression_state(self.setup, self.get_ctrl_state())
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Load a controller state: the ``ctrl_state`` part, or a whole compression state."""
-        if "ctrl_state" in state:
-            state = state["ctrl_state"]
-        if ALGO_NAME in state:
-            state = state[ALGO_NAME]
-        if not isinstance(state, dict):
-            raise CompressionStateError(
-                f"controller state must be an object, got {type(state).__name__}"
-            )
-        scheduler_state = state.get("scheduler_state")
-        if scheduler_state is not None:
-            self.scheduler.load_state(scheduler_state)
-
     def quantizer_arrays(self) -> dict[str, np.ndarray]:
         """Every quantizer variable as an array, keyed ``<quantizer id>/<variable>`` (safetensors-ready)."""
         out: dict[str, np.ndarray] = {}

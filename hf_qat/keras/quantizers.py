@@ -198,6 +198,17 @@ class KerasQuantizer:
     def set_enabled(self, enabled: bool) -> None:
         self.enabled_var.assign(1.0 if enabled else 0.0)
 
+    # NNCF's quantizer switch names, used by the shared controller
+    @property
+    def is_enabled_quantization(self) -> bool:
+        return self.enabled
+
+    def enable_quantization(self) -> None:
+        self.set_enabled(True)
+
+    def disable_quantization(self) -> None:
+        self.set_enabled(False)
+
     @property
     def signed(self) -> bool:
         return bool(self.spec.symmetric and self.signed_var.numpy() > 0)

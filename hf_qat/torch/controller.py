@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import enum
 import hashlib
 import json
 from typing import Any
@@ -12,10 +11,9 @@ import torch
 from torch import nn
 
 from ..core.algo_config import QuantizationSettings
-from ..core.report import CompressionStatistics, QuantizationStatistics
-from ..core.scheduler import QuantizationScheduler
-from ..core.state import ALGO_NAME, QuantizerSetup, make_compression_state
-from ..errors import CompressionStateError, DistributedError
+from ..core.controller import CompressionStage, QuantizationControllerBase
+from ..core.state import QuantizerSetup
+from ..errors import DistributedError
 from .insertion import CONTAINER_NAME
 from .layers import is_wrapped, unwrap_module
 from .op_hooks import OpHookManager
@@ -24,13 +22,7 @@ from .quantizers import BaseQuantizer
 __all__ = ["CompressionStage", "QuantizationController"]
 
 
-class CompressionStage(enum.IntEnum):
-    UNCOMPRESSED = 0
-    PARTIALLY_COMPRESSED = 1
-    FULLY_COMPRESSED = 2
-
-
-class QuantizationController:
+class QuantizationController(QuantizationControllerBase):
     """Controls the quantizers of a compressed model (NNCF's ``QuantizationController`` API).
 
     Obtain one from [`create_compressed_model`]; it holds the model, its quantizer setup and a
@@ -46,116 +38,14 @@ class QuantizationController:
         settings: QuantizationSettings,
         config: Any,
     ):
-        self._model = model
-        self.setup = setup
-        self.quantizers = quantizers
+        super().__init__(model, setup, quantizers, settings, config)
         self._hooks = hooks
-        self.settings = settings
-        self.config = config
         self._distributed = False
-        self._weights_enabled = True
-        self._activations_enabled = True
-        self.scheduler = QuantizationScheduler(
-            settings.activations_quant_start_epoch, settings.weights_quant_start_epoch, self._apply_stage
-        )
-        self.scheduler._update_stage()
-
-    # -- NNCF controller API --------------------------------------------------------------
-    @property
-    def model(self) -> nn.Module:
-        return self._model
-
-    @property
-    def name(self) -> str:
-        return ALGO_NAME
-
-    @property
-    def weight_quantizers(self) -> dict[str, BaseQuantizer]:
-        return {qid: q for qid, q in self.quantizers.items() if self._is_weight(qid)}
-
-    @property
-    def activation_quantizers(self) -> dict[str, BaseQuantizer]:
-        return {qid: q for qid, q in self.quantizers.items() if not self._is_weight(qid)}
-
-    def _is_weight(self, qid: str) -> bool:
-        return "|INPUT" not in qid
 
     def loss(self) -> torch.Tensor:
         """Compression loss: zero for quantization (kept for NNCF-style training loops)."""
         device = next((p.device for p in self._model.parameters()), torch.device("cpu"))
         return torch.zeros((), device=device)
-
-    def compression_stage(self) -> CompressionStage:
-        enabled = [q.is_enabled_quantization for q in self.quantizers.values()]
-        if all(enabled):
-            return CompressionStage.FULLY_COMPRESSED
-        return CompressionStage.PARTIALLY_COMPRESSED if any(enabled) else CompressionStage.UNCOMPRESSED
-
-    def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
-        wq = self.weight_quantizers.values()
-        aq = self.activation_quantizers.values()
-        all_q = list(self.quantizers.values())
-        stats = QuantizationStatistics(
-            wq_counter=len(wq),
-            aq_counter=len(aq),
-            wq_potential_num=self.setup.wq_potential_num,
-            aq_potential_num=self.setup.aq_potential_num,
-            num_wq_per_bitwidth=QuantizationStatistics.bitwidth_histogram([q.num_bits for q in wq]),
-            num_aq_per_bitwidth=QuantizationStatistics.bitwidth_histogram([q.num_bits for q in aq]),
-            num_enabled=sum(q.is_enabled_quantization for q in all_q),
-            num_symmetric=sum(q.spec.symmetric for q in all_q),
-            num_per_channel=sum(q.spec.per_channel for q in all_q),
-        )
-        return CompressionStatistics(stats)
-
-    # -- switches ---------------------------------------------------------------------------
-    def _set(self, quantizers, enabled: bool) -> None:
-        for q in quantizers:
-            q.enable_quantization() if enabled else q.disable_quantization()
-
-    def enable_weight_quantization(self) -> None:
-        self._set(self.weight_quantizers.values(), True)
-
-    def disable_weight_quantization(self) -> None:
-        self._set(self.weight_quantizers.values(), False)
-
-    def enable_activation_quantization(self) -> None:
-        self._set(self.activation_quantizers.values(), True)
-
-    def disable_activation_quantization(self) -> None:
-        self._set(self.activation_quantizers.values(), False)
-
-    def _apply_stage(self, weights: bool, activations: bool) -> None:
-        self._set(self.weight_quantizers.values(), weights)
-        self._set(self.activation_quantizers.values(), activations)
-
-    # -- state ------------------------------------------------------------------------------
-    def get_ctrl_state(self) -> dict[str, Any]:
-        return {
-            "loss_state": None,
-            "scheduler_state": self.scheduler.get_state(),
-            "compression_stage": int(self.compression_stage()),
-        }
-
-    def get_compression_state(self) -> dict[str, Any]:
-        """JSON-serialisable state that recreates the quantizers (NNCF legacy layout).
-
-        Store it next to ``model.state_dict()`` and pass it to
-        ``create_compressed_model(model, config, compression_state=...)`` to restore without range init.
-        """
-        return make_compression_state(self.setup, self.get_ctrl_state())
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Load a controller state: the ``ctrl_state`` part, or a whole compression state."""
-        if "ctrl_state" in state:
-            state = state["ctrl_state"]
-        if ALGO_NAME in state:
-            state = state[ALGO_NAME]
-        if not isinstance(state, dict):
-            raise CompressionStateError(f"controller state must be an object, got {type(state).__name__}")
-        scheduler_state = state.get("scheduler_state")
-        if scheduler_state is not None:
-            self.scheduler.load_state(scheduler_state)
 
     # -- distributed ------------------------------------------------------------------------
     def distributed(self) -> None:
