@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from hub_server import HubServer, patch_clients
 from testing_utils import inputs_of, quant_config, text_batches, tiny_bert, tiny_text_dataset
 from transformers import AutoModelForSequenceClassification
 
@@ -14,18 +13,6 @@ from hf_qat import NNCFConfig, create_compressed_model, register_default_init_ar
 from hf_qat.integrations import QATTrainer, QATTrainingArguments
 
 QAT_FILES = {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md"}
-
-
-@pytest.fixture(scope="module")
-def server():
-    with HubServer() as s:
-        yield s
-
-
-@pytest.fixture
-def hub(server, monkeypatch, tmp_path):
-    patch_clients(monkeypatch, server, tmp_path / "hf_home")
-    return server
 
 
 def logits(model, batch):

@@ -14,7 +14,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
 import keras_hub
 import tensorflow as tf
-from hub_server import HubServer, patch_clients
 
 import hf_qat.keras as hqk
 from hf_qat.errors import CompressionStateError
@@ -71,18 +70,6 @@ def args(tmp_path, **kw):
     )
     base.update(kw)
     return KerasQATArguments(**base)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with HubServer() as s:
-        yield s
-
-
-@pytest.fixture
-def hub(server, monkeypatch, tmp_path):
-    patch_clients(monkeypatch, server, tmp_path / "hf_home")
-    return server
 
 
 def variables_of(model):

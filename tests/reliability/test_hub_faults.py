@@ -12,7 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
-from hub_server import Fault, HubServer, patch_clients
+from hub_server import Fault, HubServer
 from testing_utils import inputs_of, quant_config, text_batches, tiny_bert
 
 from hf_qat import (
@@ -33,20 +33,6 @@ PUSH_REQUESTS = [
     ("POST", "/info/lfs/objects/verify"),
     ("POST", "/commit/"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server():
-    with HubServer() as s:
-        yield s
-
-
-@pytest.fixture
-def hub(server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubServer:
-    patch_clients(monkeypatch, server, tmp_path / "hf_home")
-    server.faults.clear()
-    yield server
-    server.faults.clear()
 
 
 @pytest.fixture
