@@ -383,21 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     base_model = BUILTIN_HUB_ID if builtin else model_args.model_name
     write_model_card(out, trainer.compression_ctrl, results, base_model=base_model, dataset=data_args.dataset_name)
 
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.4f}"
-
-    lines = [
-        "",
-        f"| {task.name} | FP32 | INT8 (PyTorch) | INT8 (ONNX Runtime) |",
-        "|---|---|---|---|",
-        f"| {metric} | {fmt(values['fp32'])} | {fmt(values['int8'])} | {fmt(values['int8_onnx'])} |",
-    ]
-    seq = "" if task.name == "image-classification" else f", sequence {model_args.max_seq_length}"
-    if sizes:
-        lines.append(f"| ONNX size (MiB) | {sizes['fp32'] / 2**20:.2f} | | {sizes['int8'] / 2**20:.2f} ({sizes['int8'] / sizes['fp32']:.2f}x) |")
-        lines.append(
-            f"| ONNX Runtime latency, batch 1{seq} (ms) | {latency['fp32'] * 1e3:.2f} | | {latency['int8'] * 1e3:.2f} ({latency['int8'] / latency['fp32']:.2f}x) |"
-        )
+    lines = summary_table(task.name, metric, values, sizes, latency, "PyTorch", model_args.max_seq_length)
     lines.append(f"\nSaved to {out} ({results['wall_time_s']:.0f} s): model.safetensors, compression_state.json, "
                  f"nncf_config.json{', model.onnx' if sizes else ''}, README.md, qat_results.json")
     print("\n".join(lines))
@@ -405,6 +391,30 @@ def main(argv: list[str] | None = None) -> dict:
         info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
         print(f"Pushed to {getattr(info, 'commit_url', None) or training_args.hub_model_id}")
     return results
+
+
+def summary_table(
+    task: str, metric: str, values: dict, sizes: dict, latency: dict, framework: str, max_seq_length: int
+) -> list[str]:
+    """The closing table of a run: FP32 vs INT8 (framework) vs INT8 ONNX, ONNX sizes and latency."""
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [
+        "",
+        f"| {task} | FP32 | INT8 ({framework}) | INT8 (ONNX Runtime) |",
+        "|---|---|---|---|",
+        f"| {metric} | {fmt(values['fp32'])} | {fmt(values['int8'])} | {fmt(values['int8_onnx'])} |",
+    ]
+    if sizes.get("int8"):
+        seq = "" if task == "image-classification" else f", sequence {max_seq_length}"
+        lines.append(f"| ONNX size (MiB) | {sizes['fp32'] / 2**20:.2f} | | {sizes['int8'] / 2**20:.2f} ({sizes['int8'] / sizes['fp32']:.2f}x) |")
+        lines.append(
+            f"| ONNX Runtime latency, batch 1{seq} (ms) | {latency['fp32'] * 1e3:.2f} | | "
+            f"{latency['int8'] * 1e3:.2f} ({latency['int8'] / latency['fp32']:.2f}x) |"
+        )
+    return lines
 
 
 def _pad_to(t, length: int):

@@ -38,6 +38,7 @@ from run_qat import (
     default_model,
     load_data,
     onnx_latency,
+    summary_table,
 )
 
 logger = logging.getLogger("run_qat_tf")
@@ -367,28 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
         framework="keras",
     )
 
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.4f}"
-
-    lines = [
-        "",
-        f"| {model_args.task} | FP32 | INT8 (TensorFlow) | INT8 (ONNX Runtime) |",
-        "|---|---|---|---|",
-        f"| accuracy | {fmt(values['fp32'])} | {fmt(values['int8'])} | {fmt(values['int8_onnx'])} |",
-    ]
-    if "int8" in sizes:
-        seq = (
-            ""
-            if model_args.task == "image-classification"
-            else f", sequence {model_args.max_seq_length}"
-        )
-        lines.append(
-            f"| ONNX size (MiB) | {sizes['fp32'] / 2**20:.2f} | | {sizes['int8'] / 2**20:.2f} ({sizes['int8'] / sizes['fp32']:.2f}x) |"
-        )
-        lines.append(
-            f"| ONNX Runtime latency, batch 1{seq} (ms) | {latency['fp32'] * 1e3:.2f} | | "
-            f"{latency['int8'] * 1e3:.2f} ({latency['int8'] / latency['fp32']:.2f}x) |"
-        )
+    lines = summary_table(model_args.task, "accuracy", values, sizes, latency, "TensorFlow", model_args.max_seq_length)
     lines.append(
         f"\nSaved to {out} ({results['wall_time_s']:.0f} s): keras-hub preset, hf_qat_quantizers.safetensors, "
         f"compression_state.json, nncf_config.json, {', '.join(Path(e.path).name for e in exports.values())}, README.md"
