@@ -5,12 +5,18 @@ from hf_qat import NNCFConfig, create_compressed_model, register_default_init_ar
 config = register_default_init_args(NNCFConfig.from_json("nncf_config.json"), train_loader)
 ctrl, model = create_compressed_model(model, config)
 ```
+
+``import hf_qat`` loads only the framework-neutral core; every other name loads with its backend on
+first use, so the package imports with torch only, TensorFlow only, or neither. A name whose
+backend is not installed raises [`MissingDependencyError`] naming the extra to install. When torch
+and transformers are installed, importing hf_qat registers ``quant_method: "hf_qat"`` with
+transformers, so that ``from_pretrained`` rebuilds QAT models.
 """
 
-__version__ = "0.1.0"
-
-# -- framework-neutral --------------------------------------------------------------------------
+from ._version import __version__
 from .core.config import NNCFConfig
+from .core.controller import CompressionStage
+from .core.defaults import default_nncf_config
 from .core.spec import QuantizationMode, QuantizerSpec
 from .errors import (
     CalibrationError,
@@ -22,82 +28,84 @@ from .errors import (
     HfQatError,
     HubError,
     JSONFileError,
+    MissingDependencyError,
     NothingToQuantizeError,
     ScopeError,
     UnsupportedLayerError,
     WriteError,
 )
+from .utils.imports import is_available as _is_available
+from .utils.lazy import attach as _attach
 
-# -- PyTorch ------------------------------------------------------------------------------------
-from .torch import (
-    BNAdaptationInitArgs,
-    CompressionStage,
-    ExportResult,
-    InitializingDataLoader,
-    QuantizationController,
-    QuantizationRangeInitArgs,
-    create_compressed_model,
-    export_onnx,
-    load_state,
-    register_default_init_args,
-    verify_onnx,
+__getattr__, _lazy_dir = _attach(
+    __name__,
+    {
+        # PyTorch backend (NNCF legacy names)
+        "torch": [
+            "create_compressed_model",
+            "register_default_init_args",
+            "load_state",
+            "QuantizationController",
+            "InitializingDataLoader",
+            "QuantizationRangeInitArgs",
+            "BNAdaptationInitArgs",
+        ],
+        "torch.export": ["export_onnx", "ExportResult"],
+        "torch.export.verify": ["verify_onnx"],
+        # transformers integration
+        "transformers.trainer": ["QATTrainer", "QATTrainingArguments"],
+        "transformers.metrics": ["load_metric"],
+        "transformers.hub": ["push_to_hub", "save_qat_model"],
+        # framework-neutral hub
+        "hub.pull": ["load_onnx_from_hub"],
+        "hub.push": ["push_qat_folder"],
+        # Keras (hf_qat.keras holds the backend: create_compressed_model etc. for keras.Model)
+        "keras.trainer": ["KerasQATTrainer", "KerasQATArguments"],
+    },
 )
 
-# -- transformers: quant_method "hf_qat" for from_pretrained ---------------------------------------
-try:
-    from .integrations.transformers_quantizer import register as _register_transformers_quantizer
-except ImportError:  # pragma: no cover - transformers is optional for the bare API
-    pass
-else:
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_lazy_dir()))
+
+
+if _is_available("torch") and _is_available("transformers"):
+    # quant_method "hf_qat" for from_pretrained; an ImportError here is a real breakage, not an absent extra
+    from .transformers.quantizer import register as _register_transformers_quantizer
+
     _register_transformers_quantizer()
 
-_LAZY = {
-    "QATTrainer": ".integrations.trainer",
-    "QATTrainingArguments": ".integrations.trainer",
-    "load_metric": ".integrations.metrics",
-    "push_to_hub": ".integrations.hub",
-    "load_onnx_from_hub": ".integrations.hub",
-    "KerasQATTrainer": ".integrations.keras_trainer",
-    "KerasQATArguments": ".integrations.keras_trainer",
-}
-
-
-def __getattr__(name: str):
-    """Trainer integrations are imported on first use (they import transformers' Trainer)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'hf_qat' has no attribute {name!r}")
-
-
 __all__ = [
+    "__version__",
     # config and specs
     "NNCFConfig",
     "QuantizationMode",
     "QuantizerSpec",
+    "default_nncf_config",
     # PyTorch API (NNCF legacy names)
     "create_compressed_model",
     "register_default_init_args",
     "load_state",
-    # ONNX export
-    "export_onnx",
-    "verify_onnx",
-    "ExportResult",
     "QuantizationController",
     "CompressionStage",
     "InitializingDataLoader",
     "QuantizationRangeInitArgs",
     "BNAdaptationInitArgs",
+    # ONNX export
+    "export_onnx",
+    "verify_onnx",
+    "ExportResult",
     # transformers Trainer
     "QATTrainer",
     "QATTrainingArguments",
     "load_metric",
-    # Keras (hf_qat.keras holds the backend: create_compressed_model etc. for keras.Model)
+    # Keras
     "KerasQATTrainer",
     "KerasQATArguments",
     # hub
     "push_to_hub",
+    "save_qat_model",
+    "push_qat_folder",
     "load_onnx_from_hub",
     # errors
     "HfQatError",
@@ -110,6 +118,7 @@ __all__ = [
     "ExportError",
     "HubError",
     "JSONFileError",
+    "MissingDependencyError",
     "WriteError",
     "CheckpointError",
     "UnsupportedLayerError",

@@ -24,14 +24,35 @@ __all__ = [
     "HfQatError",
     "HubError",
     "JSONFileError",
+    "MissingDependencyError",
     "NothingToQuantizeError",
     "ScopeError",
+    "UnsupportedLayerError",
     "WriteError",
 ]
 
 
 class HfQatError(Exception):
     """Base class of every hf_qat error."""
+
+
+class MissingDependencyError(HfQatError, ImportError):
+    """A feature needs an optional dependency that is not installed.
+
+    Attributes:
+        package (`str`): the missing import name (``torch``, ``tensorflow``, ``onnxruntime`` ...).
+        extra (`str`): the hf_qat extra that installs it (``pip install "hf_qat[<extra>]"``).
+        feature (`str`): what needed it.
+    """
+
+    def __init__(self, package: str, extra: str, feature: str):
+        self.package = package
+        self.extra = extra
+        self.feature = feature
+        super().__init__(
+            f"{feature} needs {package}, which is not installed. Install it with: pip install \"hf_qat[{extra}]\"",
+            name=package,
+        )
 
 
 class ConfigError(HfQatError, ValueError):

@@ -48,7 +48,7 @@ class RangeInitSettings:
     target_group: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **extra: Any) -> "RangeInitSettings":
+    def from_dict(cls, d: dict[str, Any], **extra: Any) -> RangeInitSettings:
         params = d.get("params", {})
         return cls(
             type=d.get("type", DEFAULT_RANGE_TYPE),
@@ -84,7 +84,7 @@ class QuantizationSettings:
     config_path: tuple[Any, ...] = ()
 
     @classmethod
-    def from_config(cls, config: dict) -> "QuantizationSettings":
+    def from_config(cls, config: dict) -> QuantizationSettings:
         """Build settings from a validated NNCF config (see :func:`hf_qat.core.config.validate_config`).
 
         Raises:

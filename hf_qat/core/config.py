@@ -136,7 +136,7 @@ def _check_scopes(value: Any, path: tuple[Any, ...]) -> None:
                 re.compile(item[4:])
             except re.error as e:
                 p = path if isinstance(value, str) else path + (i,)
-                raise ConfigError(json_path(p), item, "a valid regular expression after the '{re}' prefix", str(e))
+                raise ConfigError(json_path(p), item, "a valid regular expression after the '{re}' prefix", str(e)) from None
 
 
 def _validate_quantization_entry(entry: dict, prefix: tuple[Any, ...], config: dict) -> None:

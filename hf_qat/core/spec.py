@@ -119,7 +119,7 @@ class QuantizerSpec:
         return state
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "QuantizerSpec":
+    def from_state(cls, state: dict[str, Any]) -> QuantizerSpec:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(state) - known
         if unknown:

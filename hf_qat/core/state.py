@@ -199,7 +199,7 @@ class QuantizationPoint:
         }
 
     @classmethod
-    def from_state(cls, state: Any, where: str) -> "QuantizationPoint":
+    def from_state(cls, state: Any, where: str) -> QuantizationPoint:
         try:
             tp = state["target_point"]
             target_type = tp["target_type"]["name"]
@@ -249,7 +249,7 @@ class QuantizerSetup:
         }
 
     @classmethod
-    def from_state(cls, state: Any) -> "QuantizerSetup":
+    def from_state(cls, state: Any) -> QuantizerSetup:
         where = "compression_state['builder_state']['quantization']"
         if not isinstance(state, dict) or "quantizer_setup" not in state:
             raise CompressionStateError(f"{where} must be an object with a 'quantizer_setup' key; got {_short(state)}.")

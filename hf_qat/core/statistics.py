@@ -21,8 +21,8 @@ Semantics follow NNCF's legacy initialisers:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class RangeCollector:
         for k, v in state.items():
             setattr(self, k, np.asarray(v))
 
-    def merge(self, others: Sequence["RangeCollector"]) -> None:
+    def merge(self, others: Sequence[RangeCollector]) -> None:
         """Merge the states of ``others`` (same type and channel count) into this collector."""
         states = [self.state()] + [o.state() for o in others]
         self.load_state(merge_states(states, self.reductions))

@@ -11,7 +11,9 @@ import tensorflow as tf
 from ..core.algo_config import QuantizationSettings
 from ..core.controller import CompressionStage, QuantizationControllerBase
 from ..core.state import QuantizerSetup
-from ..errors import CompressionStateError
+from ..errors import CompressionStateError, DistributedError
+from .export import export_keras
+from .insertion import walk_layers
 from .quantizers import KerasQuantizer
 
 __all__ = ["CompressionCallback", "CompressionStage", "KerasQuantizationController"]
@@ -64,23 +66,13 @@ class KerasQuantizationController(QuantizationControllerBase):
 
     def quantized_layers_table(self) -> str:
         """One line per layer hf_qat looked at: what is quantized there (and what is not)."""
-        from .insertion import walk_layers
-
         rows = []
         for node in walk_layers(self._model):
             if node.kind is None:
                 continue
             w = self.quantizers.get(node.path)
             a = self.quantizers.get(f"{node.path}|INPUT0")
-            describe = lambda q: (
-                "float"
-                if q is None
-                else f"{q.spec.num_bits}-bit {q.spec.mode.value}"
-                + (" per-channel" if q.spec.per_channel else "")
-            )
-            rows.append(
-                f"{node.path:<60} {node.kind.name:<12} weight: {describe(w):<28} input: {describe(a)}"
-            )
+            rows.append(f"{node.path:<60} {node.kind.name:<12} weight: {_describe(w):<28} input: {_describe(a)}")
         return "\n".join(rows)
 
     # -- state ------------------------------------------------------------------------------
@@ -128,8 +120,6 @@ class KerasQuantizationController(QuantizationControllerBase):
         Raises:
             [`DistributedError`]: a strategy is active but the quantizer variables were created outside its scope.
         """
-        from ..errors import DistributedError
-
         if not tf.distribute.has_strategy():
             return
         strategy = tf.distribute.get_strategy()
@@ -159,8 +149,6 @@ class KerasQuantizationController(QuantizationControllerBase):
         (ONNX with int8 weights and QuantizeLinear/DequantizeLinear, verified in ONNX Runtime unless
         ``verify=False``). Returns an [`hf_qat.keras.KerasExportResult`].
         """
-        from .export import export_keras
-
         return export_keras(
             self,
             save_path,
@@ -169,3 +157,10 @@ class KerasQuantizationController(QuantizationControllerBase):
             output_names=output_names,
             verify=verify,
         )
+
+
+def _describe(q: KerasQuantizer | None) -> str:
+    """``float`` or the scheme of a quantizer (``8-bit symmetric per-channel``), for the layers table."""
+    if q is None:
+        return "float"
+    return f"{q.spec.num_bits}-bit {q.spec.mode.value}" + (" per-channel" if q.spec.per_channel else "")

@@ -18,24 +18,25 @@ Every format is written to a temporary name and renamed into place.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from ..errors import ExportError
+from ..onnx.names import short_name, write_quantizer_ids
+from ..onnx.passes import fold_weight_quantize_linear, replace_erfc, set_quantizer_grids
+from ..onnx.verify import VerificationReport
 from ..utils.io import atomic_path
-from .init import input_names as dict_input_names
+from .signature import inference_fn, signature
+from .verify import verify_keras_onnx
 
-__all__ = ["FORMATS", "KerasExportResult", "export_keras"]
+__all__ = ["FORMATS", "KerasExportResult", "export_keras", "export_float_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class KerasExportResult:
         input_names / output_names: names in the exported graph.
         num_fake_quant: FakeQuant nodes in the graph (TF formats).
         num_quantize_linear / num_int8_weights: QuantizeLinear nodes and int8 weight initializers (ONNX).
-        verification: ONNX Runtime comparison with the Keras model (ONNX, when verified).
+        verification: ONNX Runtime comparisons with the Keras model (ONNX, when verified): one
+            [`VerificationReport`] per runtime mode, as the PyTorch exporter's ``ExportResult`` has.
     """
 
     path: str
@@ -63,68 +65,7 @@ class KerasExportResult:
     num_fake_quant: int = 0
     num_quantize_linear: int = 0
     num_int8_weights: int = 0
-    verification: dict[str, Any] = field(default_factory=dict)
-
-
-# -- signature -----------------------------------------------------------------------------------
-def _signature(
-    model: Any, input_names: list[str] | None
-) -> tuple[list[tf.TensorSpec], list[str], bool]:
-    """Input specs (batch and other unknown dims dynamic), names, and whether the model takes a dict."""
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        raise ExportError(
-            f"Cannot export {type(model).__name__}: it has no symbolic inputs (a subclassed or unbuilt Sequential "
-            "model). Build it on keras.Input(...) (Functional API) or give Sequential an Input layer.",
-            module=type(model).__name__,
-        )
-    dict_names = dict_input_names(model)
-    if dict_names is not None:
-        ordered = [model._inputs_struct[n] for n in dict_names]
-        names = dict_names
-    else:
-        ordered = list(inputs)
-        names = input_names or [t.name for t in ordered]
-    if len(names) != len(ordered):
-        raise ExportError(
-            f"input_names has {len(names)} names; the model takes {len(ordered)} inputs"
-        )
-    specs = [
-        tf.TensorSpec([None] + list(t.shape[1:]), t.dtype, name=n)
-        for t, n in zip(ordered, names)
-    ]
-    return specs, names, dict_names is not None
-
-
-def feed_arrays(model: Any, features: Any) -> dict[str, np.ndarray]:
-    """``{input name: array}`` for an exported graph from model features (dict, tuple or tensor),
-    cast to the graph's input dtypes (keras-hub preprocessors emit boolean padding masks, for example)."""
-    specs, names, takes_dict = _signature(model, None)
-    if takes_dict:
-        values = [features[n] for n in names]
-    else:
-        values = list(features) if isinstance(features, (tuple, list)) else [features]
-    return {
-        n: np.asarray(v).astype(s.dtype.as_numpy_dtype)
-        for n, v, s in zip(names, values, specs)
-    }
-
-
-def _inference_fn(model: Any, names: list[str], takes_dict: bool):
-    def fn(*args):
-        features = (
-            dict(zip(names, args))
-            if takes_dict
-            else (args[0] if len(args) == 1 else tuple(args))
-        )
-        out = model(features, training=False)
-        if isinstance(out, dict):
-            return {k: out[k] for k in sorted(out)}
-        if isinstance(out, (list, tuple)):
-            return {f"output_{i}": o for i, o in enumerate(out)}
-        return {"output_0": out}
-
-    return fn
+    verification: list[VerificationReport] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -147,9 +88,9 @@ def export_mode(ctrl: Any, mode: str) -> Iterator[None]:
 
 
 def concrete_function(ctrl: Any, mode: str, input_names: list[str] | None = None):
-    specs, names, takes_dict = _signature(ctrl.model, input_names)
+    specs, names, takes_dict = signature(ctrl.model, input_names)
     fn = tf.function(
-        _inference_fn(ctrl.model, names, takes_dict),
+        inference_fn(ctrl.model, names, takes_dict),
         input_signature=specs,
         autograph=False,
     )
@@ -202,9 +143,9 @@ class _Servable(tf.Module):
 def export_saved_model(
     ctrl: Any, path: str, input_names: list[str] | None = None
 ) -> KerasExportResult:
-    specs, names, takes_dict = _signature(ctrl.model, input_names)
+    specs, names, takes_dict = signature(ctrl.model, input_names)
     fn = tf.function(
-        _inference_fn(ctrl.model, names, takes_dict),
+        inference_fn(ctrl.model, names, takes_dict),
         input_signature=specs,
         autograph=False,
     )
@@ -248,134 +189,6 @@ def _check_onnx_exportable(ctrl: Any) -> None:
             )
 
 
-def replace_erfc(model: Any) -> int:
-    """Rewrite TF's ``Erfc`` (exact GELU: ``0.5 * x * erfc(-x / sqrt(2))``), which tf2onnx passes
-    through but ONNX lacks, as ``1 - Erf(x)``. Returns the number of nodes rewritten."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    count = 0
-    nodes = []
-    one = None
-    for node in graph.node:
-        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
-            nodes.append(node)
-            continue
-        if one is None:
-            one = "hf_qat_erfc_one"
-            graph.initializer.append(
-                numpy_helper.from_array(np.array(1.0, np.float32), one)
-            )
-        erf_out = f"{node.output[0]}__erf"
-        nodes.append(
-            helper.make_node(
-                "Erf", [node.input[0]], [erf_out], name=f"{node.name}__erf"
-            )
-        )
-        nodes.append(
-            helper.make_node(
-                "Sub", [one, erf_out], [node.output[0]], name=f"{node.name}__one_minus"
-            )
-        )
-        count += 1
-    if count:
-        del graph.node[:]
-        graph.node.extend(nodes)
-        onnx.checker.check_model(model)
-    return count
-
-
-def set_activation_grids(model: Any, ctrl: Any) -> int:
-    """Give every activation ``QuantizeLinear``/``DequantizeLinear`` TF's exact step and zero point.
-
-    tf2onnx recomputes them from the fake-quant range in float64 (``zp = round(-min / scale)``), while
-    TF nudges in float32: a zero point at exactly ``.5`` (a signed symmetric range has 127.5) can
-    round differently. tf2onnx also shares equal-valued initializers between quantizers, so each
-    quantizer gets its own ``hf_qat_aq<i>_scale``/``_zero_point`` initializers. The nodes are found
-    by their op name ``aq<i>``. Returns the nodes updated.
-    """
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    updated = 0
-    for i, q in enumerate(ctrl.activation_quantizers.values()):
-        step, k_low, _ = q.grid()
-        pattern = re.compile(rf"(?<![\w])aq{i}(?!\d)")
-        names = None
-        for node in model.graph.node:
-            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or not pattern.search(node.name):
-                continue
-            if len(node.input) < 3 or node.input[2] not in inits:
-                continue
-            if names is None:
-                zp_dtype = numpy_helper.to_array(inits[node.input[2]]).dtype
-                names = (f"hf_qat_aq{i}_scale", f"hf_qat_aq{i}_zero_point")
-                model.graph.initializer.append(numpy_helper.from_array(np.asarray(step.reshape(-1)[0], np.float32), names[0]))
-                model.graph.initializer.append(numpy_helper.from_array(np.asarray(-k_low.reshape(-1)[0], zp_dtype), names[1]))
-            node.input[1], node.input[2] = names
-            updated += 1
-    return updated
-
-
-def fold_weight_quantize_linear(model: Any) -> int:
-    """Replace every ``QuantizeLinear`` of a constant by its int8/uint8 result (in place).
-
-    ONNX's rounding (half to even) and saturation are applied; the ``DequantizeLinear`` reading it
-    then takes the integer initializer. Returns the number of weights folded.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    folded = 0
-    keep = []
-    for node in graph.node:
-        if (
-            node.op_type == "QuantizeLinear"
-            and node.input[0] in inits
-            and all(i in inits for i in node.input[1:3])
-        ):
-            w = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
-            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-            zp_arr = (
-                numpy_helper.to_array(inits[node.input[2]])
-                if len(node.input) > 2
-                else np.zeros((), np.uint8)
-            )
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            if scale.ndim == 1 and w.ndim > 0:
-                shape = [1] * w.ndim
-                shape[axis % w.ndim] = -1
-                scale = scale.reshape(shape)
-                zp = zp_arr.astype(np.float64).reshape(shape)
-            else:
-                zp = zp_arr.astype(np.float64)
-            info = np.iinfo(zp_arr.dtype)
-            q = np.clip(np.rint(w / scale) + zp, info.min, info.max).astype(
-                zp_arr.dtype
-            )
-            name = node.output[0]
-            graph.initializer.append(numpy_helper.from_array(q, name))
-            consumers[node.input[0]] -= 1
-            folded += 1
-            continue
-        keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept_inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
-    onnx.checker.check_model(model)
-    return folded
-
-
 def export_onnx_model(
     ctrl: Any,
     path: str,
@@ -388,7 +201,7 @@ def export_onnx_model(
 
     _check_onnx_exportable(ctrl)
     for i, q in enumerate(ctrl.activation_quantizers.values()):
-        q.export_name = f"aq{i}"
+        q.export_name = short_name(i)
     ids = [q.id for q in ctrl.activation_quantizers.values()]
     frozen, specs, names = _freeze(ctrl, input_names, mode="onnx")
     try:
@@ -400,10 +213,9 @@ def export_onnx_model(
             f"tf2onnx could not convert the model: {type(e).__name__}: {e}"
         ) from e
     replace_erfc(model_proto)
-    set_activation_grids(model_proto, ctrl)
+    set_quantizer_grids(model_proto, [q.grid() for q in ctrl.activation_quantizers.values()])
     num_folded = fold_weight_quantize_linear(model_proto)
-    meta = model_proto.metadata_props.add()
-    meta.key, meta.value = "hf_qat.activation_quantizer_ids", json.dumps(ids)
+    write_quantizer_ids(model_proto, ids)
     with atomic_path(path, "ONNX file") as tmp:
         onnx.save(model_proto, tmp)
     outputs = [o.name for o in model_proto.graph.output]
@@ -418,15 +230,34 @@ def export_onnx_model(
         num_int8_weights=num_folded,
     )
     if verify:
-        from .verify import verify_keras_onnx
-
-        report = verify_keras_onnx(ctrl, path)
-        result.verification = report
-        if not report["ok"]:
+        result.verification = verify_keras_onnx(ctrl, path)
+        failed = [r for r in result.verification if not r.ok]
+        if failed:
             raise ExportError(
-                f"The exported ONNX file does not match the Keras model: {report['summary']}"
+                "The exported ONNX file does not match the Keras model:\n" + "\n".join(str(r) for r in failed)
             )
     return result
+
+
+def export_float_onnx(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> int:
+    """Export an uncompressed Keras model to FP32 ONNX through tf2onnx, the same way as the INT8 export
+    (variables folded to constants, same signature, ``Erfc`` rewritten): the baseline its size and
+    latency are compared with. Written atomically; returns the file size in bytes."""
+    import onnx
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    specs, names, takes_dict = signature(model, None)
+    fn = tf.function(inference_fn(model, names, takes_dict), input_signature=specs, autograph=False)
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    try:
+        proto, _ = tf2onnx.convert.from_function(tf.function(frozen), input_signature=specs, opset=opset)
+    except Exception as e:
+        raise ExportError(f"tf2onnx could not convert the model: {type(e).__name__}: {e}") from e
+    replace_erfc(proto)
+    with atomic_path(path, "ONNX file") as tmp:
+        onnx.save(proto, tmp)
+    return os.path.getsize(path)
 
 
 def export_keras(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from ..core.algo_config import QuantizationSettings
 from ..core.config import NNCFConfig
 from ..core.state import parse_compression_state
 from ..errors import ConfigError, UnsupportedLayerError
 from .controller import KerasQuantizationController
 from .init import KerasRangeInitArgs, run_range_init
+from .inputs import inputs_from_input_info
 from .insertion import (
     apply_setup,
     build_quantizer_setup,
@@ -21,46 +20,12 @@ from .insertion import (
 )
 from .layers import layer_quantizers
 
-__all__ = ["create_compressed_model", "inputs_from_input_info", "is_compressed"]
+__all__ = ["create_compressed_model", "is_compressed"]
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float": "float32",
-    "long": "int64",
-    "int": "int32",
-    "bool": "bool",
-    "half": "float16",
-    "double": "float64",
-}
-
-
 def is_compressed(model: Any) -> bool:
     return any(layer_quantizers(n.layer) is not None for n in walk_layers(model))
-
-
-def inputs_from_input_info(input_info: Any) -> Any:
-    """Example arrays described by NNCF's ``input_info`` (a dict by ``keyword`` when entries name one)."""
-    entries = input_info if isinstance(input_info, list) else [input_info]
-    rng = np.random.default_rng(0)
-    arrays: list[tuple[str | None, np.ndarray]] = []
-    for entry in entries:
-        shape = entry["sample_size"]
-        dtype = _DTYPES.get(entry.get("type", "float"), "float32")
-        filler = entry.get("filler", "random" if dtype.startswith("float") else "ones")
-        if filler == "zeros":
-            a = np.zeros(shape, dtype)
-        elif filler == "ones":
-            a = np.ones(shape, dtype)
-        elif dtype.startswith("float"):
-            a = rng.random(shape).astype(dtype)
-        else:
-            a = rng.integers(0, 2, shape).astype(dtype)
-        arrays.append((entry.get("keyword"), a))
-    if all(k is not None for k, _ in arrays):
-        return {k: a for k, a in arrays}
-    values = [a for _, a in arrays]
-    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _ensure_built(model: Any, config: NNCFConfig) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ..core.quantizer import Grid
 from ..core.spec import QuantizerSpec
 from ..core.statistics import (
     RangeCollector,
@@ -33,6 +34,7 @@ from ..core.statistics import (
     numpy_batch_statistics,
     symmetric_range,
 )
+from ..errors import ExportError
 
 __all__ = ["EPS", "KerasQuantizer", "nudged_grid"]
 
@@ -242,21 +244,15 @@ class KerasQuantizer:
         out = out.numpy().astype(np.float32)
         return np.atleast_1d(out[0]), np.atleast_1d(out[1])
 
-    def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(step, int_low, int_high)`` of the grid ``quantize`` uses, per channel (NumPy).
-
-        ``step`` is TF's float32 scale; the integers are relative to the zero point (see :func:`nudged_grid`).
+    def grid(self) -> Grid:
+        """The grid ``quantize`` uses, per channel: TF's float32 step, and TF's integer range
+        ``[qmin, qmax]`` (``[0, 2^b - 1]``, ``[1, 2^b - 1]`` when narrow) with the nudged zero point.
         """
         low, high = (np.atleast_1d(t.numpy()) for t in self.range_tensors())
-        step, _, _ = nudged_grid(
-            low, high, self.spec.train_bits, self.spec.narrow_range
-        )
-        nmin, nmax = self.nudged_range()
-        return (
-            step,
-            np.rint(nmin / step).astype(np.int64),
-            np.rint(nmax / step).astype(np.int64),
-        )
+        step, _, _ = nudged_grid(low, high, self.spec.train_bits, self.spec.narrow_range)
+        nmin, _nmax = self.nudged_range()
+        qmin = 1 if self.spec.narrow_range else 0
+        return Grid(step, qmin - np.rint(nmin / step).astype(np.int64), qmin, 2**self.spec.train_bits - 1)
 
     # -- forward ----------------------------------------------------------------------------------
     def fake_quant(self, x: tf.Tensor, name: str | None = None) -> tf.Tensor:
@@ -302,7 +298,7 @@ class KerasQuantizer:
             self._export_state = None
             return
         shape = tuple(self.range_tensors()[0].shape)
-        step, k_low, k_high = self.grid()
+        grid = self.grid()
         # the very range training uses: TF nudges it the same way (re-nudging an already nudged range
         # can resolve a zero point or an extreme value that sits on a half step the other way)
         low, high = (
@@ -312,7 +308,7 @@ class KerasQuantizer:
             "enabled": self.enabled,
             "low": low,
             "high": high,
-            "grid": (step, k_low, k_high),
+            "grid": grid,
         }
 
     def export_op(self, x: tf.Tensor) -> tf.Tensor:
@@ -339,10 +335,9 @@ class KerasQuantizer:
             return tf.quantization.fake_quant_with_min_max_vars(
                 x, low, high, name=self.export_name, **kw
             )
-        step, k_low, k_high = state["grid"]
+        grid: Grid = state["grid"]
+        step, k_low, k_high = grid.step, grid.int_low, grid.int_high
         if k_low.min() < -128 or k_high.max() > 127:
-            from ..errors import ExportError
-
             raise ExportError(
                 f"Cannot export the weight quantizer {self.id!r} to ONNX: its integer grid "
                 f"[{int(k_low.min())}, {int(k_high.max())}] does not fit int8 with a zero point of 0 (asymmetric or "

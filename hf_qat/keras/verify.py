@@ -15,17 +15,16 @@ Two checks, on the calibration batches:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 import onnx
 
 from ..onnx.runtime import OnnxRunner
-from ..onnx.verify import compare_outputs
-from .export import _signature, feed_arrays
+from ..onnx.verify import QuantizerComparison, VerificationReport, compare_outputs, tap_activation_quantizers
 from .init import KerasRangeInitArgs, call_model, split_features
-from .model_creation import inputs_from_input_info
+from .inputs import inputs_from_input_info
+from .signature import feed_arrays, signature
 
 __all__ = ["example_batches", "verify_keras_onnx"]
 
@@ -43,7 +42,7 @@ def example_batches(ctrl: Any, max_batches: int = 2) -> list[Any]:
             return out
     if "input_info" in config:
         return [inputs_from_input_info(config["input_info"])]
-    specs, names, takes_dict = _signature(ctrl.model, None)
+    specs, names, takes_dict = signature(ctrl.model, None)
     rng = np.random.default_rng(0)
     arrays = []
     for s in specs:
@@ -67,68 +66,28 @@ def _as_outputs(out: Any, output_names: list[str]) -> dict[str, np.ndarray]:
     return {n: np.asarray(v) for n, v in zip(output_names, values)}
 
 
-_SHORT_ID = re.compile(r"(?<![\w])aq(\d+)(?!\d)")
-
-
-def tap_input_quantizers(
-    model: onnx.ModelProto, ids: list[str]
-) -> tuple[bytes, dict[str, tuple[str, str, list[int] | None]]]:
-    """A copy of ``model`` that also outputs each input quantizer's input and ``DequantizeLinear`` output.
-
-    ``QuantizeLinear`` nodes are attributed through their op name ``aq<i>`` (``ids[i]``); tf2onnx may
-    move a ``Transpose`` between ``QuantizeLinear`` and ``DequantizeLinear``. Returns the serialized
-    copy and ``{dequantized output: (quantizer id, quantizer input, permutation or None)}``.
-    """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    tapped: dict[str, tuple[str, str, list[int] | None]] = {}
-    for node in model.graph.node:
-        m = _SHORT_ID.search(node.name)
-        if node.op_type != "QuantizeLinear" or m is None or int(m.group(1)) >= len(ids):
-            continue
-        perm = None
-        nxt = consumers.get(node.output[0], [])
-        if len(nxt) == 1 and nxt[0].op_type == "Transpose":
-            perm = list(next(a.ints for a in nxt[0].attribute if a.name == "perm"))
-            nxt = consumers.get(nxt[0].output[0], [])
-        dq = next((n for n in nxt if n.op_type == "DequantizeLinear"), None)
-        if dq is not None:
-            tapped[dq.output[0]] = (ids[int(m.group(1))], node.input[0], perm)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for out, (_, inp, _) in tapped.items():
-        for name in (out, inp):
-            if name not in existing:
-                copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-                existing.add(name)
-    return copy.SerializeToString(), tapped
-
-
 def tf_grid(x: np.ndarray, quantizer: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(quantized, tie)``: ``x`` on the Keras quantizer's grid (TF's arithmetic), and where ``x`` is a tie."""
-    step, k_low, k_high = quantizer.grid()
-    step = float(step.reshape(-1)[0])
-    lo, hi = float(k_low.reshape(-1)[0]), float(k_high.reshape(-1)[0])
+    grid = quantizer.grid()
+    step = float(grid.step[0])
+    lo, hi = float(grid.int_low[0]), float(grid.int_high[0])
     r = np.clip(x.astype(np.float64) / step, lo, hi)
     q = np.floor(r + 0.5)
     tie = np.abs(r - np.floor(r) - 0.5) < 1e-4
     return q * step, tie
 
 
-def verify_keras_onnx(ctrl: Any, path: str, min_top1: float = 0.9) -> dict[str, Any]:
+def verify_keras_onnx(ctrl: Any, path: str, min_top1: float = 0.9) -> list[VerificationReport]:
     """Run ``path`` in ONNX Runtime on example batches and compare with the Keras model (see module docstring).
 
-    Returns a dict: ``ok``, ``summary``, ``grid_errors`` (quantizer id -> largest difference in
-    steps, for quantizers whose chain maps its input differently from TF), ``ties`` (half-step inputs
-    rounded the other way), ``checked`` (quantizers checked), ``missing`` and the output comparisons.
+    Returns two reports, as the PyTorch exporter's verification does: ONNX Runtime unoptimised, whose
+    ``quantizers`` check every input quantizer's chain on its own input (``method="own_input"``), and
+    ONNX Runtime optimised (outputs, top-1 agreement of at least ``min_top1``).
     """
     model_proto = onnx.load(path)
     output_names = [o.name for o in model_proto.graph.output]
     acts = ctrl.activation_quantizers
-    tapped_bytes, tapped = tap_input_quantizers(model_proto, list(acts))
+    tapped_bytes, tapped = tap_activation_quantizers(model_proto, list(acts), with_inputs=True, every_chain=True)
     plain = OnnxRunner(tapped_bytes, "onnxruntime", optimize=False)
     optimized = OnnxRunner(path, "onnxruntime", optimize=True)
     grid_errors: dict[str, float] = {}
@@ -138,11 +97,12 @@ def verify_keras_onnx(ctrl: Any, path: str, min_top1: float = 0.9) -> dict[str, 
         reference = call_model(ctrl.model, features)
         feed = feed_arrays(ctrl.model, features)
         out = plain(feed)
-        for dq_name, (qid, input_name, perm) in tapped.items():
+        for dq_name, tap in tapped.items():
+            qid, input_name, perm = tap.quantizer_id, tap.input, tap.permutation
             expected, tie = tf_grid(out[input_name], acts[qid])
             if perm is not None:
                 expected, tie = np.transpose(expected, perm), np.transpose(tie, perm)
-            step = float(acts[qid].grid()[0].reshape(-1)[0])
+            step = float(acts[qid].grid().step[0])
             diff = np.abs(out[dq_name].astype(np.float64) - expected) / step
             wrong = diff > 1e-3
             ties += int((wrong & tie & (diff < 1.0 + 1e-3)).sum())
@@ -155,27 +115,16 @@ def verify_keras_onnx(ctrl: Any, path: str, min_top1: float = 0.9) -> dict[str, 
     plain_report = compare_outputs(refs, actual_plain, "onnxruntime", optimized=False)
     opt_report = compare_outputs(refs, actual_opt, "onnxruntime", optimized=True, min_top1=min_top1)
     # tf2onnx merges identical QuantizeLinear nodes (query/key/value inputs with equal ranges)
-    seen = {qid for qid, _, _ in tapped.values()}
+    seen = {t.quantizer_id for t in tapped.values()}
     ranges = {qid: tuple(np.round(np.concatenate([t.numpy().ravel() for t in q.range_tensors()]), 9)) for qid, q in acts.items()}
     missing = [qid for qid in acts if qid not in seen and not any(ranges[qid] == ranges[t] for t in seen)]
-    ok = bool(not grid_errors and not missing and opt_report.ok)
-    merged = len(acts) - len(seen) - len(missing)
-    summary = (
-        f"{len(seen)}/{len(acts)} input quantizer chains checked on their own inputs ({merged} merged with an identical "
-        f"one, {len(missing)} missing{': ' + str(missing[:3]) if missing else ''}); "
-        f"{len(grid_errors)} off TF's grid{': ' + str(dict(list(grid_errors.items())[:3])) if grid_errors else ''}; "
-        f"{ties} half-step ties rounded to even; outputs max |diff| unoptimised "
-        f"{max((o.max_abs_diff for o in plain_report.outputs), default=0.0):.3g}, optimised "
-        f"{max((o.max_abs_diff for o in opt_report.outputs), default=0.0):.3g}, top-1 agreement "
-        f"{min((o.top1_agreement for o in opt_report.outputs if o.top1_agreement is not None), default=1.0):.4f}"
+    plain_report.quantizers = QuantizerComparison(
+        num_checked=len(seen),
+        worst=max(grid_errors, key=grid_errors.get) if grid_errors else None,
+        max_steps=max(grid_errors.values(), default=0.0),
+        method="own_input",
+        num_ties=ties,
+        off_grid=grid_errors,
+        missing=missing,
     )
-    return {
-        "ok": ok,
-        "summary": summary,
-        "grid_errors": grid_errors,
-        "ties": ties,
-        "checked": len(seen),
-        "missing": missing,
-        "unoptimized": plain_report,
-        "optimized": opt_report,
-    }
+    return [plain_report, opt_report]

@@ -7,8 +7,9 @@ Both runtimes are optional dependencies (``pip install "hf_qat[onnx]"``); a miss
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -7,15 +7,14 @@ absolute difference and, for outputs with a class axis (logits), how often the a
 
 from __future__ import annotations
 
-import json
 import os
-import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
 
+from .names import read_quantizer_ids, short_index
 from .runtime import OnnxRunner
 
 __all__ = [
@@ -25,6 +24,7 @@ __all__ = [
     "VerificationReport",
     "compare_outputs",
     "compare_quantized",
+    "QuantizerTap",
     "tap_activation_quantizers",
     "verify_outputs",
 ]
@@ -68,6 +68,12 @@ class QuantizerComparison:
     most one step in a tiny fraction of elements (at most :data:`MAX_TIE_FRACTION`); a wrong scale,
     zero point, grid or wiring differs by more.
 
+    The Keras exporter checks differently (``method="own_input"``): TensorFlow and ONNX Runtime differ by
+    float noise upstream of the quantizers, so each chain is run on *its own* input as the graph computes
+    it and must reproduce the framework's grid exactly; only inputs exactly half-way between two levels
+    may round the other way (``num_ties``). Chains off the grid are listed in ``off_grid``, quantizers
+    whose chain is not in the graph in ``missing``.
+
     Attributes:
         num_checked: quantizers compared.
         num_elements / num_differing: elements compared, and those more than half a step apart.
@@ -75,6 +81,10 @@ class QuantizerComparison:
         first_divergence: first quantizer (execution order) that differs at all, or ``None``.
         first_divergence_steps / first_divergence_fraction: its largest difference (in steps) and
             the fraction of its elements that differ.
+        method: ``"first_divergence"`` (PyTorch) or ``"own_input"`` (Keras).
+        num_ties: ``own_input``: half-step inputs rounded the other way (allowed).
+        off_grid: ``own_input``: quantizer id -> largest difference (steps) of a chain off the grid.
+        missing: ``own_input``: quantizers with no chain in the graph.
     """
 
     num_checked: int = 0
@@ -85,14 +95,20 @@ class QuantizerComparison:
     first_divergence: str | None = None
     first_divergence_steps: float = 0.0
     first_divergence_fraction: float = 0.0
+    method: str = "first_divergence"
+    num_ties: int = 0
+    off_grid: dict[str, float] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        if self.method == "own_input":
+            return not self.off_grid and not self.missing
         return self.first_divergence is None or (
             self.first_divergence_steps <= 1.0 + 1e-3 and self.first_divergence_fraction <= MAX_TIE_FRACTION
         )
 
-    def merge(self, other: "QuantizerComparison") -> "QuantizerComparison":
+    def merge(self, other: QuantizerComparison) -> QuantizerComparison:
         """Combine the comparisons of two input batches (the failing or earlier divergence is kept)."""
         merged = QuantizerComparison(
             max(self.num_checked, other.num_checked),
@@ -155,7 +171,13 @@ class VerificationReport:
                 f"{o.reference_max_abs:.3g}){top1}"
             )
         q = self.quantizers
-        if q is not None:
+        if q is not None and q.method == "own_input":
+            lines.append(
+                f"  {q.num_checked} input quantizer chains checked on their own inputs: {len(q.off_grid)} off the grid"
+                f"{': ' + str(dict(list(q.off_grid.items())[:3])) if q.off_grid else ''}, {len(q.missing)} missing"
+                f"{': ' + str(q.missing[:3]) if q.missing else ''}, {q.num_ties} half-step ties rounded to even"
+            )
+        elif q is not None:
             if q.first_divergence is None:
                 lines.append(f"  {q.num_checked} activation quantizers: identical ({q.num_elements} elements)")
             else:
@@ -166,7 +188,9 @@ class VerificationReport:
                 )
         limits = [f"max |diff| <= {self.atol:.3g}"] if self.atol is not None else []
         limits.append(f"top-1 agreement >= {self.min_top1}")
-        if q is not None:
+        if q is not None and q.method == "own_input":
+            limits.append("every chain on the framework's grid (ties excepted)")
+        elif q is not None:
             limits.append(f"first differing quantizer within one step in <= {MAX_TIE_FRACTION:g} of its elements")
         lines.append("  required: " + ", ".join(limits))
         return "\n".join(lines)
@@ -270,46 +294,78 @@ def compare_quantized(
     return result
 
 
-def tap_activation_quantizers(model: onnx.ModelProto, ids: Sequence[str]) -> tuple[bytes, dict[str, str]]:
+@dataclass(frozen=True)
+class QuantizerTap:
+    """An activation quantizer's chain found in an exported graph.
+
+    Attributes:
+        quantizer_id: the quantizer's id.
+        input: the tensor the chain's ``QuantizeLinear`` reads.
+        permutation: the ``perm`` of a ``Transpose`` between ``QuantizeLinear`` and ``DequantizeLinear``
+            (tf2onnx moves transposes there), else ``None``: apply it to compare the input with the output.
+    """
+
+    quantizer_id: str
+    input: str
+    permutation: list[int] | None = None
+
+
+def tap_activation_quantizers(
+    model: onnx.ModelProto, ids: Sequence[str], *, with_inputs: bool = False, every_chain: bool = False
+) -> tuple[bytes, dict[str, QuantizerTap]]:
     """A copy of ``model`` that also outputs every activation ``DequantizeLinear`` it can attribute.
 
-    A ``QuantizeLinear → [Clip →] DequantizeLinear`` chain is attributed through the node's name or
-    scale input name: ``aq<i>`` indexes the ids listed in the model metadata
-    (``hf_qat.activation_quantizer_ids``, written by hf_qat's exporter); without that list, the
-    longest id in ``ids`` occurring in those names. Returns the serialized copy and ``{output: id}``.
+    A ``QuantizeLinear → [Clip | Transpose →] DequantizeLinear`` chain is attributed through the node's
+    name or scale input name: ``aq<i>`` indexes the ids listed in the model metadata
+    (:mod:`hf_qat.onnx.names`, written by both exporters); without that list, the longest id in ``ids``
+    occurring in those names.
+
+    Args:
+        with_inputs: also output each chain's input (to check the chain on its own input).
+        every_chain: tap every chain of a quantizer (a shared quantizer has one chain per consumer);
+            by default only the first.
+
+    Returns:
+        The serialized copy, and ``{dequantized output name: QuantizerTap}``.
     """
     graph = model.graph
-    listed = next((p.value for p in model.metadata_props if p.key == "hf_qat.activation_quantizer_ids"), None)
-    short_ids = json.loads(listed) if listed else None
-    short_pattern = re.compile(r"(?<![\w])aq(\d+)(?!\d)")
+    short_ids = read_quantizer_ids(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     by_length = sorted(ids, key=len, reverse=True)
-    tapped: dict[str, str] = {}
+    tapped: dict[str, QuantizerTap] = {}
     existing = {o.name for o in graph.output}
     for node in graph.node:
         if node.op_type != "QuantizeLinear":
             continue
         haystack = node.name + " " + (node.input[1] if len(node.input) > 1 else "")
         if short_ids is not None:  # names shortened on export: aq<i> indexes the listed ids
-            m = short_pattern.search(haystack)
-            qid = short_ids[int(m.group(1))] if m and int(m.group(1)) < len(short_ids) else None
+            index = short_index(haystack)
+            qid = short_ids[index] if index is not None and index < len(short_ids) else None
             qid = qid if qid in ids else None
         else:
             qid = next((i for i in by_length if i in haystack), None)
-        if qid is None:
+        if qid is None or (not every_chain and any(t.quantizer_id == qid for t in tapped.values())):
             continue
+        perm = None
         nxt = consumers.get(node.output[0], [])
         if len(nxt) == 1 and nxt[0].op_type == "Clip":
             nxt = consumers.get(nxt[0].output[0], [])
+        elif len(nxt) == 1 and nxt[0].op_type == "Transpose":
+            perm = list(next(a.ints for a in nxt[0].attribute if a.name == "perm"))
+            nxt = consumers.get(nxt[0].output[0], [])
         dq = next((n for n in nxt if n.op_type == "DequantizeLinear"), None)
-        if dq is None or dq.output[0] in existing or qid in tapped.values():
+        if dq is None or dq.output[0] in existing or dq.output[0] in tapped:
             continue
-        tapped[dq.output[0]] = qid
+        tapped[dq.output[0]] = QuantizerTap(qid, node.input[0], perm)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for name in tapped:
-        copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    outputs = {o.name for o in copy.graph.output}
+    for out, tap in tapped.items():
+        for name in (out, tap.input) if with_inputs else (out,):
+            if name not in outputs:
+                copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+                outputs.add(name)
     return copy.SerializeToString(), tapped

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..core.algo_config import QuantizationSettings
+from ..core.config import NNCFConfig
 from ..core.controller import CompressionStage, QuantizationControllerBase
 from ..core.state import QuantizerSetup
 from ..errors import DistributedError
@@ -41,6 +42,23 @@ class QuantizationController(QuantizationControllerBase):
         super().__init__(model, setup, quantizers, settings, config)
         self._hooks = hooks
         self._distributed = False
+
+    # -- pickling (the trainer attaches the controller to the model as ``model._hf_qat_ctrl``) -----
+    def __getstate__(self) -> dict[str, Any]:
+        # The calibration data registered in the config (data loaders, which may hold a whole dataset
+        # or unpicklable objects such as accelerate's loaders) is not part of a saved model: a pickled
+        # controller keeps the config's JSON part, as ``NNCFConfig.to_json`` does.
+        state = self.__dict__.copy()
+        if isinstance(self.config, NNCFConfig):
+            state["config"] = NNCFConfig(self.config)
+        return state
+
+    def __deepcopy__(self, memo: dict) -> QuantizationController:
+        # an in-process copy shares the calibration loaders, as ``copy.deepcopy(config)`` does
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def loss(self) -> torch.Tensor:
         """Compression loss: zero for quantization (kept for NNCF-style training loops)."""
@@ -154,8 +172,19 @@ def strip_model(model: nn.Module) -> nn.Module:
                 unwrap_module(m)
                 if iq is not None:
                     # keep the input quantizer as a forward pre-hook on the restored layer
-                    m.register_forward_pre_hook(lambda mod, args, q=iq: (q(args[0]), *args[1:]))
+                    m.register_forward_pre_hook(_QuantizeFirstInput(iq))
     container = getattr(model, CONTAINER_NAME, None)
     if container is not None:
         container.requires_grad_(False)
     return model
+
+
+class _QuantizeFirstInput:
+    """Forward pre-hook applying a quantizer to a layer's first argument (an object rather than a
+    closure, so that a stripped model pickles)."""
+
+    def __init__(self, quantizer: BaseQuantizer):
+        self.quantizer = quantizer
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (self.quantizer(args[0]), *args[1:])

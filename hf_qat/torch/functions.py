@@ -84,7 +84,7 @@ _compile_failed = False
 RECOMPILE_LIMIT = 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(name: str):
     fn = {"forward": _forward_kernel, "backward": _backward_kernel}[name]
     return torch.compile(fn, dynamic=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from ..core.spec import QuantizerGroup
 from ..core.state import QuantizerSetup
 from ..core.statistics import RangeCollector, make_collector
 from ..errors import CalibrationError
+from .inputs import filter_kwargs
 from .quantizers import BaseQuantizer
 
 __all__ = [
@@ -177,21 +179,10 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _filter_kwargs(model: nn.Module, kwargs: dict) -> dict:
-    try:
-        sig = inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        return kwargs
-    params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
 def call_model(model: nn.Module, loader: InitializingDataLoader, batch: Any, device: torch.device) -> int:
     """Run ``model`` on one batch; returns the batch size. Errors name the batch and the signature."""
     args, kwargs = loader.get_inputs(batch)
-    kwargs = _filter_kwargs(model, kwargs)
+    kwargs = filter_kwargs(model, kwargs)
     args, kwargs = _to_device(args, device), _to_device(kwargs, device)
     try:
         model(*args, **kwargs)

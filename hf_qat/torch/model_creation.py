@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from .init import (
     run_bn_adaptation,
     run_range_init,
 )
+from .inputs import example_forward_from_input_info, example_inputs_from_input_info
 from .insertion import CONTAINER_NAME, apply_setup, build_quantizer_setup
 from .layers import layer_kind, unwrap_module
 from .tracing import parse_node_name, trace_model
@@ -36,54 +38,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float": torch.float32,
-    "long": torch.long,
-    "int": torch.int32,
-    "bool": torch.bool,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "double": torch.float64,
-}
-
-
 def is_compressed(model: nn.Module) -> bool:
     return hasattr(model, CONTAINER_NAME)
-
-
-def example_inputs_from_input_info(input_info: Any, device: torch.device | str = "cpu") -> tuple[tuple, dict]:
-    """``(args, kwargs)`` of tensors described by NNCF's ``input_info`` (shapes, dtypes, fillers)."""
-    entries = input_info if isinstance(input_info, list) else [input_info]
-
-    def make(entry: dict) -> torch.Tensor:
-        shape = entry["sample_size"]
-        dtype = _DTYPES[entry.get("type", "float")]
-        filler = entry.get("filler", "ones" if not dtype.is_floating_point else "random")
-        if filler == "zeros":
-            return torch.zeros(shape, dtype=dtype, device=device)
-        if filler == "ones":
-            return torch.ones(shape, dtype=dtype, device=device)
-        if dtype.is_floating_point:
-            return torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
-        return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
-
-    args, kwargs = [], {}
-    for entry in entries:
-        if "keyword" in entry:
-            kwargs[entry["keyword"]] = make(entry)
-        else:
-            args.append(make(entry))
-    return tuple(args), kwargs
-
-
-def example_forward_from_input_info(input_info: Any, device: torch.device) -> Callable[[nn.Module], Any]:
-    """A forward function feeding tensors described by NNCF's ``input_info``."""
-
-    def forward(model: nn.Module) -> Any:
-        args, kwargs = example_inputs_from_input_info(input_info, device)
-        return model(*args, **kwargs)
-
-    return forward
 
 
 def _switch_to_eager_attention(model: nn.Module) -> str | None:

@@ -79,7 +79,7 @@ class _Frame:
 class _State(threading.local):
     def __init__(self):
         self.stack: list[_Frame] = []
-        self.mode: "_OpHookMode | None" = None
+        self.mode: _OpHookMode | None = None
 
     def __deepcopy__(self, memo):  # per-thread call state is never copied with a model
         return _State()
@@ -115,6 +115,11 @@ class _OpHookMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _is_alive(handle: Any) -> bool:
+    refs = [handle.hooks_dict_ref, *(getattr(handle, "extra_dict_ref", None) or ())]
+    return all(ref() is not None for ref in refs)
+
+
 class OpHookManager:
     """Installs and removes the forward hooks that activate operation-level quantizers."""
 
@@ -125,6 +130,13 @@ class OpHookManager:
         self.owners: dict[nn.Module, dict[tuple[str, int], dict[int, BaseQuantizer]]] = {}
         self.generation = 0
         self._counters: dict[int, tuple[int, dict[str, int]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Call counters are keyed by ``id(owner)``, which means nothing in a copy. Handles of hooks on
+        # modules that no longer exist (weight quantizers dropped by ``strip``) are left out: torch
+        # pickles their dead references as ``None`` and then fails to load them.
+        handles = [h for h in self.handles if _is_alive(h)]
+        return {**self.__dict__, "_counters": {}, "handles": handles}
 
     def add(self, owner: nn.Module, op: str, index: int, port: int, quantizer: BaseQuantizer) -> None:
         self.owners.setdefault(owner, {}).setdefault((op, index), {})[port] = quantizer

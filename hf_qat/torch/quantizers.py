@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.quantizer import Grid
 from ..core.spec import QuantizerSpec
 from ..core.statistics import BatchStatistics, RangeCollector, asymmetric_range, symmetric_range
 from .functions import asymmetric_grid, fake_quantize_asymmetric, fake_quantize_symmetric, symmetric_grid
@@ -47,6 +48,7 @@ class BaseQuantizer(nn.Module):
         self._collector: RangeCollector | None = None
         self._memo: tuple[Any, ...] | None = None
         self._warned_nonfinite = False
+        self._lr_multiplier: float | None = None
         self._lr_hooks: list[Any] = []
 
     def _finish_init(self) -> None:
@@ -72,8 +74,10 @@ class BaseQuantizer(nn.Module):
         return self.spec.num_bits
 
     def _set_lr_multiplier(self, multiplier: float) -> None:
+        self._lr_multiplier = multiplier
         for p in self.parameters(recurse=False):
-            self._lr_hooks.append(p.register_hook(lambda g, m=multiplier: g * m))
+            if p.requires_grad:  # frozen ranges (a stripped model) get no gradient to scale
+                self._lr_hooks.append(p.register_hook(_ScaleGradient(multiplier)))
 
     def clear_lr_multiplier(self) -> None:
         """Stop scaling the range gradients by ``compression_lr_multiplier`` (NNCF's mechanism).
@@ -84,6 +88,22 @@ class BaseQuantizer(nn.Module):
         for h in self._lr_hooks:
             h.remove()
         self._lr_hooks.clear()
+        self._lr_multiplier = None
+
+    # -- pickling (torch.save(model), copy.deepcopy) -------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        # The memo of a shared quantizer holds the last input and output (non-leaf tensors after a
+        # training forward, which neither pickle nor deepcopy); tensor hooks are not serialised by
+        # torch, so the multiplier hooks are registered again on the restored parameters.
+        state["_memo"] = None
+        state["_lr_hooks"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self._lr_multiplier is not None:
+            self._set_lr_multiplier(self._lr_multiplier)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,13 +149,19 @@ class BaseQuantizer(nn.Module):
     def levels(self) -> tuple[int, int]:
         return self.spec.levels(self.signed)
 
-    def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grid_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(low, high, step, zero_point)`` of the grid ``forward`` uses (float32, detached, ``scale_shape``)."""
         raise NotImplementedError
 
+    def grid(self) -> Grid:
+        """The grid ``forward`` uses, as the backend contract's [`Grid`] (NumPy, one entry per channel)."""
+        ll, lh = self.levels()
+        _, _, step, zp = self.grid_tensors()
+        return Grid(step.cpu().numpy(), zp.cpu().numpy(), ll, lh)
+
     def input_low_high(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The quantization range ``(low, high)`` actually used by ``forward`` (after alignment)."""
-        low, high, _, _ = self.grid()
+        low, high, _, _ = self.grid_tensors()
         return low, high
 
     def to_integers(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +170,7 @@ class BaseQuantizer(nn.Module):
         ``(to_integers(x) - zero_point) * step`` equals ``forward(x)`` bit for bit (same float32 ops).
         """
         ll, lh = self.levels()
-        _, _, step, zp = self.grid()
+        _, _, step, zp = self.grid_tensors()
         inv_step = 1.0 / step
         x = x.detach().float()
         return torch.clamp(torch.round(x * inv_step) + zp, ll, lh).to(torch.int32)
@@ -233,7 +259,7 @@ class SymmetricQuantizer(BaseQuantizer):
         ll, lh = self.levels()
         return fake_quantize_symmetric(x, scale, ll, lh)
 
-    def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grid_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         ll, lh = self.levels()
         return symmetric_grid(self.scale, ll, lh)
 
@@ -268,7 +294,7 @@ class AsymmetricQuantizer(BaseQuantizer):
         ll, lh = self.levels()
         return fake_quantize_asymmetric(x, input_low, input_range, ll, lh)
 
-    def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grid_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         ll, lh = self.levels()
         return asymmetric_grid(self.input_low, self.input_range, ll, lh)
 
@@ -280,6 +306,19 @@ class AsymmetricQuantizer(BaseQuantizer):
             self.input_range.copy_(torch.from_numpy(rng.astype(np.float32)).reshape(self.input_range.shape))
         self.initialized = True
         self._memo = None
+
+
+class _ScaleGradient:
+    """Gradient hook ``g -> g * multiplier`` (a picklable object; quantizers re-register it on unpickling,
+    so torch's warning about unserialised tensor hooks does not apply)."""
+
+    __torch_unserializable__ = True
+
+    def __init__(self, multiplier: float):
+        self.multiplier = multiplier
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.multiplier
 
 
 _warned_plain_export = False

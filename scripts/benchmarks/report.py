@@ -179,7 +179,9 @@ def targets_md(results: dict) -> list[str]:
             rows.append(("hf_qat INT8 ONNX size / FP32", f"<= {TARGETS['size_ratio']}", f"{ratio:.3f}", verdict(ratio, TARGETS["size_ratio"])))
             ort = i["latency_ms"].get("onnxruntime")
             if ort:
-                b1 = lambda k: ort[k].get(1, ort[k].get("1"))
+                def b1(k, ort=ort):
+                    return ort[k].get(1, ort[k].get("1"))
+
                 ratio = b1("hf_qat_qat") / b1("fp32")
                 rows.append(("hf_qat INT8 ONNX Runtime latency / FP32, batch 1", f"<= {TARGETS['ort_b1_ratio']}", f"{ratio:.2f}",
                              verdict(ratio, TARGETS["ort_b1_ratio"])))

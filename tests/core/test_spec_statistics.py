@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from hf_qat.core.spec import QuantizerSpec, calculate_levels, export_levels, scale_zero_point, tune_range
-from hf_qat.core.statistics import BatchStatistics, asymmetric_range, make_collector, symmetric_range
 from hf_qat.core.state import QuantizationPoint, QuantizerSetup, make_compression_state, parse_compression_state
+from hf_qat.core.statistics import BatchStatistics, asymmetric_range, make_collector, symmetric_range
 from hf_qat.errors import CompressionStateError
 
 

@@ -16,9 +16,11 @@ import keras_hub
 import tensorflow as tf
 
 import hf_qat.keras as hqk
+from hf_qat.core.layout import QUANTIZERS_FILE
 from hf_qat.errors import CompressionStateError
-from hf_qat.integrations import keras_io
-from hf_qat.integrations.keras_trainer import KerasQATArguments, KerasQATTrainer
+from hf_qat.keras import hub as keras_io
+from hf_qat.keras.trainer import KerasQATArguments, KerasQATTrainer
+from hf_qat.utils import jsonfile
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 VOCAB = (
@@ -153,7 +155,7 @@ def test_saved_folder_loads_with_keras_hub_and_restores_quantizers(tmp_path):
         "task.json",
         "compression_state.json",
         "nncf_config.json",
-        keras_io.QUANTIZERS_FILE,
+        QUANTIZERS_FILE,
     } <= names
     expected = trainer.model(feats, training=False).numpy()
     # keras-hub alone loads the float model (QAT-trained weights, no quantizers) ...
@@ -190,7 +192,7 @@ def test_push_to_hub_and_pull_back_with_keras_hub(hub, tmp_path):
         "saved_model/saved_model.pb",
         "compression_state.json",
         "nncf_config.json",
-        keras_io.QUANTIZERS_FILE,
+        QUANTIZERS_FILE,
         "README.md",
         "metadata.json",
         "task.json",
@@ -275,7 +277,7 @@ def test_run_qat_tf_text_classification_on_a_preset(tmp_path):
         "README.md",
         "qat_results.json",
         "compression_state.json",
-        keras_io.QUANTIZERS_FILE,
+        QUANTIZERS_FILE,
     ):
         assert (out / name).is_file(), name
     ctrl, _model = keras_io.from_pretrained(out)
@@ -375,9 +377,9 @@ def test_malformed_or_oversized_compression_state_is_a_clear_error(tmp_path, mon
     (folder / "compression_state.json").write_text('{"builder_state": ')
     with pytest.raises(CompressionStateError, match="not valid JSON"):
         keras_io.restore_quantizers(tiny_bert(), folder)
-    monkeypatch.setattr(keras_io, "_MAX_JSON_BYTES", 8)
+    monkeypatch.setattr(jsonfile, "MAX_JSON_BYTES", 8)
     (folder / "compression_state.json").write_text(json.dumps(trainer.ctrl.get_compression_state()))
-    with pytest.raises(CompressionStateError, match="hf_qat reads JSON files up to 8 bytes"):
+    with pytest.raises(CompressionStateError, match="more than the 8 bytes hf_qat reads"):
         keras_io.restore_quantizers(tiny_bert(), folder)
 
 

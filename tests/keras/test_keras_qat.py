@@ -302,11 +302,11 @@ def test_bert_exports_to_frozen_graph_saved_model_and_int8_onnx(tmp_path):
         if numpy_helper.to_array(t).dtype == np.int8 and t.dims and len(t.dims) >= 2
     ]
     assert len(int8) == result.num_int8_weights == 16
-    assert result.verification["ok"], result.verification["summary"]
+    assert all(r.ok for r in result.verification), "\n".join(map(str, result.verification))
     # within one quantisation step of TF on the logits, unoptimised ORT
     runner = OnnxRunner(str(tmp_path / "model.onnx"), optimize=False)
     logits = runner({k: v for k, v in feats.items()})[proto.graph.output[0].name]
-    step = float(ctrl.quantizers["logits|INPUT0"].grid()[0][0])
+    step = float(ctrl.quantizers["logits|INPUT0"].grid().step[0])
     assert np.abs(logits - expected).max() <= step
     assert not list(tmp_path.glob(".*tmp*"))
 
@@ -321,10 +321,32 @@ def test_onnx_export_of_mlp_matches_tf_and_stores_int8_weights(tmp_path):
     proto = onnx.load(str(tmp_path / "m.onnx"))
     assert result.num_quantize_linear == 3 and result.num_int8_weights == 3
     assert proto.opset_import[0].version == 17
-    report = result.verification
-    assert report["ok"] and report["unoptimized"].outputs[0].max_abs_diff <= float(
-        ctrl.quantizers["logits|INPUT0"].grid()[0][0]
+    unoptimized, optimized = result.verification
+    assert unoptimized.ok and optimized.ok and unoptimized.quantizers.method == "own_input"
+    assert unoptimized.outputs[0].max_abs_diff <= float(
+        ctrl.quantizers["logits|INPUT0"].grid().step[0]
     )
+
+
+def test_quantizer_grid_is_the_contract_grid_tf_computes_on():
+    """The backend contract: ``grid()`` is the core ``Grid``, spanning TF's nudged range, and TF's fake-quant
+    outputs are its levels."""
+    from hf_qat.core.quantizer import Grid, Quantizer
+
+    ds, x = mlp_data()
+    ctrl, _model = compress(mlp(), ds)
+    for q in ctrl.quantizers.values():
+        grid = q.grid()
+        assert isinstance(q, Quantizer) and isinstance(grid, Grid)
+        nmin, nmax = q.nudged_range()
+        np.testing.assert_allclose(grid.low, np.ravel(nmin), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(grid.high, np.ravel(nmax), rtol=1e-6, atol=1e-7)
+    q = ctrl.quantizers["d2|INPUT0"]
+    grid = q.grid()
+    out = q.fake_quant(tf.constant(np.random.default_rng(0).normal(size=(64, 16)).astype("float32") * 3)).numpy()
+    codes = out / grid.step[0] + grid.zero_point[0]
+    np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
+    assert codes.min() >= grid.level_low - 1e-3 and codes.max() <= grid.level_high + 1e-3
 
 
 def test_tampered_range_is_caught_by_verification(tmp_path):
@@ -337,7 +359,7 @@ def test_tampered_range_is_caught_by_verification(tmp_path):
     q = ctrl.quantizers["d2|INPUT0"]
     q.scale.assign(q.scale.numpy() * 1.5)  # the file no longer matches the model
     report = verify_keras_onnx(ctrl, str(tmp_path / "m.onnx"))
-    assert not report["ok"] and set(report["grid_errors"]) == {"d2|INPUT0"}
+    assert not report[0].ok and set(report[0].quantizers.off_grid) == {"d2|INPUT0"}
     with pytest.raises(ExportError):
         ctrl.activation_quantizers["d1|INPUT0"].initialized = False
         ctrl.export_model(str(tmp_path / "m2.onnx"), save_format="onnx")

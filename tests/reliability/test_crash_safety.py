@@ -17,8 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import hf_qat  # noqa: F401 - registers quant_method "hf_qat"
 from hf_qat import CheckpointError
-from hf_qat.integrations import QATTrainer, QATTrainingArguments
-from hf_qat.integrations.trainer import check_checkpoint
+from hf_qat.transformers import QATTrainer, QATTrainingArguments, check_checkpoint
 
 WORKER = Path(__file__).with_name("train_worker.py")
 COMPLETE = {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "optimizer.pt",

@@ -20,7 +20,7 @@ from hf_qat import (
     export_onnx,
     register_default_init_args,
 )
-from hf_qat.integrations.quantization_config import write_qat_files
+from hf_qat.core.layout import write_qat_files
 
 BATCHES = [inputs_of(b) for b in text_batches()]
 

@@ -29,9 +29,7 @@ from hf_qat import (
     load_state,
     register_default_init_args,
 )
-from hf_qat.integrations import QATTrainer, QATTrainingArguments
-from hf_qat.integrations.hub import save_qat_model
-from hf_qat.integrations.trainer import check_checkpoint
+from hf_qat.transformers import QATTrainer, QATTrainingArguments, check_checkpoint, save_qat_model
 
 HF_QAT_SOURCE = Path(hf_qat.__file__).parent
 

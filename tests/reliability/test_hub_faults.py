@@ -21,8 +21,9 @@ from hf_qat import (
     create_compressed_model,
     register_default_init_args,
 )
-from hf_qat.integrations import hub as hub_module
-from hf_qat.integrations.hub import push_qat_folder, save_qat_model
+from hf_qat.hub import push as hub_module
+from hf_qat.hub import push_qat_folder
+from hf_qat.transformers import save_qat_model
 
 #: (method, path fragment) of every kind of request a push makes after the access check.
 PUSH_REQUESTS = [

@@ -108,7 +108,7 @@ def test_gpt2_tied_embeddings_stay_tied(tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
     import hf_qat  # noqa: F401 - quant_method "hf_qat"
-    from hf_qat.integrations.hub import save_qat_model
+    from hf_qat.transformers import save_qat_model
 
     batches = [{"input_ids": b["input_ids"]} for b in text_batches()]
     ctrl, model = compress(tiny_gpt2(), batches)

@@ -23,7 +23,7 @@ import torch
 from testing_utils import tiny_bert, tiny_text_dataset
 from transformers import TrainerCallback
 
-from hf_qat.integrations import QATTrainer, QATTrainingArguments
+from hf_qat.transformers import QATTrainer, QATTrainingArguments
 
 
 def main() -> None:

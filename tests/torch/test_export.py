@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 from testing_utils import (
     PlainConvNet,
     image_batches,
@@ -20,6 +19,7 @@ from testing_utils import (
     tiny_roberta,
     tiny_vit,
 )
+from torch import nn
 
 from hf_qat import ExportError, NNCFConfig, create_compressed_model, export_onnx, register_default_init_args, verify_onnx
 from hf_qat.onnx import OnnxRunner, summarize
@@ -46,7 +46,7 @@ def torch_outputs(model, inputs, name="logits"):
 
 
 def min_activation_step(ctrl) -> float:
-    return min(float(q.grid()[2].min()) for q in ctrl.activation_quantizers.values())
+    return min(float(q.grid().step.min()) for q in ctrl.activation_quantizers.values())
 
 
 def activation_points(ctrl) -> int:

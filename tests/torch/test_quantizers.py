@@ -125,3 +125,35 @@ def test_shared_quantizer_reuses_result_until_parameters_change():
     with torch.no_grad():
         q.scale.mul_(0.5)
     assert q(x) is not y1
+
+
+@pytest.mark.parametrize("mode,per_channel", [("symmetric", True), ("symmetric", False), ("asymmetric", False), ("asymmetric", True)])
+def test_quantizer_grid_is_the_contract_grid_forward_computes_on(mode, per_channel):
+    """The backend contract: ``grid()`` is a core ``Grid`` and ``forward`` outputs exactly its levels."""
+    import numpy as np
+
+    from hf_qat.core.quantizer import Grid, Quantizer
+
+    torch.manual_seed(0)
+    spec = QuantizerSpec(num_bits=8, mode=mode, scale_shape=(4, 1) if per_channel else (1,))
+    q = create_quantizer(spec)
+    with torch.no_grad():
+        if mode == "symmetric":
+            q.scale.copy_(torch.rand(spec.scale_shape) + 0.5)
+        else:
+            q.input_low.copy_(-torch.rand(spec.scale_shape) - 0.2)
+            q.input_range.copy_(torch.rand(spec.scale_shape) + 1.0)
+    q.initialized = True
+    grid = q.grid()
+    assert isinstance(q, Quantizer) and isinstance(grid, Grid)
+    assert grid.step.shape == grid.zero_point.shape == ((4,) if per_channel else (1,))
+    low, high = (t.reshape(-1).numpy() for t in q.input_low_high())
+    np.testing.assert_allclose(grid.low, low, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grid.high, high, rtol=1e-6, atol=1e-7)
+    x = torch.randn(4, 500) * 2
+    out = q(x).detach().numpy()
+    step = grid.step.reshape(-1, 1) if per_channel else grid.step
+    zp = grid.zero_point.reshape(-1, 1) if per_channel else grid.zero_point
+    codes = np.rint(out / step) + zp  # every output is a level of the grid
+    np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
+    assert codes.min() >= grid.level_low and codes.max() <= grid.level_high

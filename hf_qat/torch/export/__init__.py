@@ -1,7 +1,15 @@
-"""ONNX export of compressed PyTorch models: integer weights, Q/DQ activations, verification."""
+"""ONNX export of compressed PyTorch models: integer weights, Q/DQ activations, verification.
 
-from .exporter import DEFAULT_OPSET, ExportResult, export_onnx
-from .prepare import onnx_export_mode
-from .qdq import QDQParams, qdq_params
+Needs the ``onnx`` extra (onnx, onnxscript, onnxruntime; openvino for its runtime check).
+"""
+
+from ...utils.imports import require
+
+require("onnx", feature="ONNX export (hf_qat.torch.export)")
+require("onnxruntime", feature="ONNX export verification (hf_qat.torch.export)")
+
+from .exporter import DEFAULT_OPSET, ExportResult, export_onnx  # noqa: E402
+from .prepare import onnx_export_mode  # noqa: E402
+from .qdq import QDQParams, qdq_params  # noqa: E402
 
 __all__ = ["DEFAULT_OPSET", "ExportResult", "export_onnx", "onnx_export_mode", "QDQParams", "qdq_params"]

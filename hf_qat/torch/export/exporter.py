@@ -21,28 +21,33 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from ..._version import __version__
 from ...errors import ExportError
+from ...onnx.passes import shorten_quantizer_names, split_shared_quantizers
 from ...onnx.summary import OnnxSummary, summarize
 from ...onnx.verify import VerificationReport
 from ...utils.io import atomic_path
-from .prepare import ExportPlan, onnx_export_mode, restore_training_modes, training_modes
+from ..init import QuantizationRangeInitArgs
+from ..inputs import example_inputs_from_input_info, filter_kwargs
+from .prepare import ExportPlan, onnx_export_mode, reference_mode, restore_training_modes, training_modes
 from .qdq import emitting_for
 from .signature import ExportSignature, ExportWrapper, grow_inputs, resolve_outputs, resolve_signature
+from .verify import verify_onnx
 
 __all__ = ["ExportResult", "export_onnx", "DEFAULT_OPSET"]
 
@@ -286,119 +291,6 @@ def _name_dynamic_dims(proto: onnx.ModelProto, sig: ExportSignature, output_axes
                 dims[axis].dim_param = axis_name
 
 
-def _split_shared_quantizers(proto: onnx.ModelProto) -> int:
-    """One ``QuantizeLinear → [Clip →] DequantizeLinear`` chain per consumer of a quantized tensor.
-
-    A quantizer shared by several products (the hidden state feeding query, key and value) is one
-    chain feeding three ``MatMul`` nodes. ONNX Runtime turns ``DQ → MatMul ← DQ`` into an integer
-    ``MatMulIntegerToFloat`` only when each ``DequantizeLinear`` has a single consumer, and its
-    common-subexpression pass merges identical copies again; so each extra consumer gets its own
-    chain with its own (equal-valued) scale and zero-point initializers. Same integer grid, same
-    values; on all-MiniLM-L6-v2 this takes batch-1 latency from 1.4x FP32 to 0.5x at 16 tokens.
-    Returns the number of chains added.
-    """
-    graph = proto.graph
-    outputs = {o.name for o in graph.output}
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, i))
-    new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = []
-    added = 0
-
-    def clone_node(node: onnx.NodeProto, suffix: str, inputs: dict[int, str]) -> onnx.NodeProto:
-        dup = onnx.NodeProto()
-        dup.CopyFrom(node)
-        dup.name = f"{node.name}{suffix}"
-        dup.output[0] = f"{node.output[0]}{suffix}"
-        for index, name in inputs.items():
-            dup.input[index] = name
-        return dup
-
-    def clone_init(name: str, suffix: str) -> str:
-        if name not in inits:
-            return name
-        t = onnx.TensorProto()
-        t.CopyFrom(inits[name])
-        t.name = f"{name}{suffix}"
-        new_inits.append(t)
-        return t.name
-
-    for node in graph.node:
-        new_nodes.append(node)
-        if node.op_type != "QuantizeLinear" or node.output[0] in outputs:
-            continue
-        head_users = consumers.get(node.output[0], [])
-        clip = head_users[0][0] if len(head_users) == 1 and head_users[0][0].op_type == "Clip" else None
-        tail = clip.output[0] if clip is not None else node.output[0]
-        dqs = [u for u, _ in consumers.get(tail, [])]
-        if not dqs or any(d.op_type != "DequantizeLinear" or d.output[0] in outputs for d in dqs):
-            continue
-        uses = [(dq, user, index) for dq in dqs for user, index in consumers.get(dq.output[0], [])]
-        for dq, user, index in uses[1:]:
-            sfx = f"__use{added + 1}"  # unique across the graph: equal initializers may be shared
-            q2 = clone_node(node, sfx, {1: clone_init(node.input[1], sfx), 2: clone_init(node.input[2], sfx)} if len(node.input) > 2 else {1: clone_init(node.input[1], sfx)})
-            chain = [q2]
-            last = q2.output[0]
-            if clip is not None:
-                clip2 = clone_node(clip, sfx, {0: last})
-                chain.append(clip2)
-                last = clip2.output[0]
-            dq_inputs = {0: last, 1: clone_init(dq.input[1], sfx + "_dq")}
-            if len(dq.input) > 2:
-                dq_inputs[2] = clone_init(dq.input[2], sfx + "_dq")
-            dq2 = clone_node(dq, sfx, dq_inputs)
-            chain.append(dq2)
-            user.input[index] = dq2.output[0]
-            new_nodes.extend(chain)
-            added += 1
-    if added:
-        # keep a topological order: clones right after their originals may precede the Clip/DQ they
-        # copy, which is fine as they only read graph inputs of the original Q
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        graph.initializer.extend(new_inits)
-    return added
-
-
-#: Model metadata key listing the activation quantizer ids; graph names refer to them as ``aq<i>``.
-QUANTIZER_IDS_KEY = "hf_qat.activation_quantizer_ids"
-
-
-def _shorten_quantizer_names(proto: onnx.ModelProto, qids: Sequence[str]) -> None:
-    """Replace activation quantizer ids (long NNCF scope paths) in graph names by ``aq<i>``.
-
-    Exporters name initializers and nodes after module paths, which for quantizers are whole NNCF
-    scopes; on small models the names outweighed the weights. The ids are listed once in the
-    model metadata (:data:`QUANTIZER_IDS_KEY`), so ``aq<i>`` stays traceable to its quantizer.
-    """
-    order = sorted(range(len(qids)), key=lambda i: len(qids[i]), reverse=True)
-    prefix = "model._hf_qat.external_quantizers."
-
-    def short(name: str) -> str:
-        if not name:
-            return name
-        for i in order:
-            if qids[i] in name:
-                name = name.replace(prefix + qids[i], f"aq{i}").replace(qids[i], f"aq{i}")
-        return name
-
-    graph = proto.graph
-    for t in graph.initializer:
-        t.name = short(t.name)
-    for node in graph.node:
-        node.name = short(node.name)
-        for i, n in enumerate(node.input):
-            node.input[i] = short(n)
-        for i, n in enumerate(node.output):
-            node.output[i] = short(n)
-    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
-        vi.name = short(vi.name)
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, QUANTIZER_IDS_KEY: json.dumps(list(qids))})
-
-
 def _write(proto: onnx.ModelProto, path: Path) -> int:
     """Write atomically; models above the protobuf limit keep their weights in ``<name>.data``."""
     size = proto.ByteSize()
@@ -514,7 +406,7 @@ def export_onnx(
     modes = training_modes(model)
     model.eval()
     try:
-        with _reference_mode(model, quantized):
+        with reference_mode(model, quantized):
             reference = resolve_outputs(model, sig, list(output_names) if output_names is not None else None)
             output_axes, grown_reference, grown_inputs = _output_axes(model, sig, reference)
         wrapper = ExportWrapper(model, sig)
@@ -537,14 +429,12 @@ def export_onnx(
         for item in items:
             del item.metadata_props[:]
     del graph.metadata_props[:]
-    _split_shared_quantizers(proto)
-    _shorten_quantizer_names(proto, list(activation_ids))
+    split_shared_quantizers(proto)
+    shorten_quantizer_names(proto, list(activation_ids))
     summary = summarize(proto)
     if summary.custom_domains:
         raise ExportError(f"the exported graph uses non-standard operator domains {sorted(summary.custom_domains)}")
     proto.producer_name = "hf_qat"
-    from ... import __version__
-
     proto.producer_version = __version__
     onnx.helper.set_model_props(
         proto,
@@ -563,8 +453,6 @@ def export_onnx(
     )
     logger.info("hf_qat: exported %s", result)
     if verify:
-        from .verify import verify_onnx
-
         batches = [sig.inputs] + ([grown_inputs] if grown_inputs else [])
         if atol is None and not (num_weights or num_activations):  # an FP32 graph: compare outputs directly
             atol = verification_tolerance([_as_array(t) for t in reference])
@@ -587,27 +475,6 @@ def export_onnx(
                 + "\nThe file was written; pass verify=False to skip this check."
             )
     return result
-
-
-@contextlib.contextmanager
-def _reference_mode(model: nn.Module, quantized: bool) -> Iterator[None]:
-    """Quantizers off while computing FP32 reference outputs (``quantized=False``)."""
-    if quantized:
-        yield
-        return
-    from .prepare import model_quantizers
-
-    weights, activations, _ = model_quantizers(model)
-    quantizers = list(weights.values()) + list(activations.values())
-    states = [q.is_enabled_quantization for q in quantizers]
-    try:
-        for q in quantizers:
-            q.disable_quantization()
-        yield
-    finally:
-        for q, enabled in zip(quantizers, states):
-            if enabled:
-                q.enable_quantization()
 
 
 def _run_exporters(wrapper, sig, opset, exporter, output_axes, tracker, plan: ExportPlan):
@@ -645,14 +512,11 @@ def _fallback_inputs(model: nn.Module, config: Any) -> tuple[tuple, dict] | None
     """Example inputs from an NNCF config: the first calibration batch, else ``input_info``."""
     if config is None:
         return None
-    from ..init import QuantizationRangeInitArgs, _filter_kwargs
-    from ..model_creation import example_inputs_from_input_info
-
     if hasattr(config, "has_extra_struct") and config.has_extra_struct(QuantizationRangeInitArgs):
         loader = config.get_extra_struct(QuantizationRangeInitArgs).data_loader
         for batch in loader:
             args, kwargs = loader.get_inputs(batch)
-            return tuple(args), _filter_kwargs(model, dict(kwargs))
+            return tuple(args), filter_kwargs(model, dict(kwargs))
     if "input_info" in config:
         return example_inputs_from_input_info(config["input_info"])
     return None

@@ -18,8 +18,9 @@ training flag is restored: the model is as before, also when export fails.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -285,3 +286,22 @@ def _prepare_weight(layer: nn.Module, wq: BaseQuantizer, qid: str, added: list) 
         _register(layer, added, "weight_row_zero_point", p.zero_point.to(layer.weight_scale.dtype).unsqueeze(1).contiguous())
     layer.onnx_weight_axis = axis
     layer.onnx_weight_zp_nonzero = bool(p.zero_point.any())
+
+
+@contextlib.contextmanager
+def reference_mode(model: nn.Module, quantized: bool) -> Iterator[None]:
+    """Quantizers off while computing FP32 reference outputs (``quantized=False``); nothing changes otherwise."""
+    if quantized:
+        yield
+        return
+    weights, activations, _ = model_quantizers(model)
+    quantizers = list(weights.values()) + list(activations.values())
+    states = [q.is_enabled_quantization for q in quantizers]
+    try:
+        for q in quantizers:
+            q.disable_quantization()
+        yield
+    finally:
+        for q, enabled in zip(quantizers, states):
+            if enabled:
+                q.enable_quantization()

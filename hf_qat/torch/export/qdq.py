@@ -20,8 +20,8 @@ Which one is active is set by :func:`emitting_for` around an export.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -79,7 +79,7 @@ def qdq_params(quantizer: BaseQuantizer, ndim: int | None = None, axis_offset: i
     lo, hi = _STORAGE_RANGE[dtype]
     if ll < lo or lh > hi:
         raise ValueError(f"the grid [{ll}, {lh}] does not fit {dtype}; ONNX export supports up to 8 bits")
-    _, _, step, zp = quantizer.grid()
+    _, _, step, zp = quantizer.grid_tensors()
     if not bool(torch.isfinite(step).all()) or not bool((step > 0).all()):
         raise ValueError("the quantization step is not finite and positive")
     axis = quantizer.spec.channel_axis

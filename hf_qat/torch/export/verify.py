@@ -16,7 +16,8 @@ Two checks, both on the same inputs:
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ from torch import nn
 
 from ...onnx.runtime import OnnxRunner
 from ...onnx.verify import VerificationReport, compare_outputs, compare_quantized, tap_activation_quantizers
-from .prepare import model_quantizers, restore_training_modes, training_modes
+from .prepare import model_quantizers, reference_mode, restore_training_modes, training_modes
 from .signature import ExportSignature, ExportWrapper, resolve_outputs, resolve_signature
 
 __all__ = ["verify_onnx"]
@@ -60,7 +61,7 @@ def _capture_quantizers(model: nn.Module, run) -> tuple[Any, dict[str, np.ndarra
     steps = {}
     for qid in captured:
         q = activations[qid]
-        step = q.grid()[2].float().cpu()
+        step = q.grid_tensors()[2].float().cpu()
         axis = q.spec.channel_axis
         ndim = captured[qid].ndim
         if axis is None:
@@ -104,7 +105,6 @@ def verify_onnx(
         One [`VerificationReport`] per runtime; the ONNX Runtime one carries the graph check. A
         report's ``ok`` says whether it passed.
     """
-    from .exporter import _reference_mode
 
     if signature is None:
         signature = resolve_signature(model, dict(inputs) if isinstance(inputs, Mapping) else None)
@@ -115,13 +115,13 @@ def verify_onnx(
     refs: list[dict[str, np.ndarray]] = []
     taps: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
     try:
-        with _reference_mode(model, quantized), torch.no_grad():
+        with reference_mode(model, quantized), torch.no_grad():
             if not sig.output_names:
                 resolve_outputs(model, sig)
             wrapper = ExportWrapper(model, sig)
             for batch in batches:
                 args = [batch[n] for n in sig.input_names]
-                outs, captured, steps = _capture_quantizers(model, lambda: wrapper(*args))
+                outs, captured, steps = _capture_quantizers(model, lambda args=args: wrapper(*args))
                 refs.append({n: _as_numpy(t) for n, t in zip(sig.output_names, outs)})
                 taps.append((captured, steps))
     finally:
@@ -135,7 +135,7 @@ def verify_onnx(
         runner = OnnxRunner(tapped_bytes, "onnxruntime", optimize=False)
         for batch, (captured, steps) in zip(np_batches, taps):
             out = runner(batch)
-            actual = {qid: out[name] for name, qid in tapped.items()}
+            actual = {tap.quantizer_id: out[name] for name, tap in tapped.items()}
             part = compare_quantized(captured, actual, steps)
             graph_check = part if graph_check is None else graph_check.merge(part)
 

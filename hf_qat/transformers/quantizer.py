@@ -28,9 +28,10 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..core.config import NNCFConfig
+from ..core.layout import QUANT_METHOD
 from ..core.state import parse_compression_state
 from ..errors import CompressionStateError
-from .quantization_config import QUANT_METHOD
+from ..torch.model_creation import create_compressed_model
 
 __all__ = ["HfQatConfig", "HfQatQuantizer", "register"]
 
@@ -95,8 +96,6 @@ class HfQatQuantizer(HfQuantizer):
             )
 
     def _process_model_before_weight_loading(self, model, **kwargs: Any):
-        from ..torch.model_creation import create_compressed_model
-
         cfg = self.quantization_config
         config = NNCFConfig.from_dict(cfg.nncf_config)
         ctrl, model = create_compressed_model(model, config, compression_state=cfg.compression_state)

@@ -12,9 +12,9 @@ A saved Keras QAT folder holds
 Pull back with keras-hub or Keras and restore the quantizers::
 
     model = keras_hub.models.BertTextClassifier.from_preset("hf://user/repo")
-    ctrl, model = hf_qat.keras.restore_quantizers(model, "hf://user/repo")
+    ctrl, model = hf_qat.keras.hub.restore_quantizers(model, "hf://user/repo")
 
-or in one call ``ctrl, model = hf_qat.integrations.keras_io.from_pretrained("hf://user/repo")``.
+or in one call ``ctrl, model = hf_qat.keras.hub.from_pretrained("hf://user/repo")``.
 Nothing loaded runs code: JSON, safetensors and Keras' safe-mode deserialisation only.
 """
 
@@ -28,62 +28,35 @@ from typing import Any
 
 import numpy as np
 
+from ..core.config import NNCFConfig
+from ..core.layout import (
+    COMPRESSION_STATE_NAME,
+    KERAS_LAYOUT,
+    NNCF_CONFIG_NAME,
+    QUANTIZERS_FILE,
+    RESULTS_NAME,
+    read_json_file,
+)
+from ..hub.model_card import write_model_card
+from ..hub.push import push_qat_folder
 from ..utils.io import atomic_path, atomic_write_text
+from .model_creation import create_compressed_model
 
 __all__ = [
-    "KERAS_PUSHED_FILES",
-    "QUANTIZERS_FILE",
     "from_pretrained",
     "push_keras_folder",
+    "push_to_hub_keras",
     "restore_quantizers",
     "save_keras_qat_model",
 ]
 
-QUANTIZERS_FILE = "hf_qat_quantizers.safetensors"
 HF_PREFIX = "hf://"
-#: Files of a Keras QAT folder that a push uploads.
-KERAS_PUSHED_FILES = [
-    "config.json",
-    "metadata.json",
-    "model.weights.h5",
-    "task.json",
-    "task.weights.h5",
-    "preprocessor.json",
-    "tokenizer.json",
-    "image_converter.json",
-    "audio_converter.json",
-    "assets/*",
-    "assets/**",
-    "model.keras",
-    "compression_state.json",
-    "nncf_config.json",
-    QUANTIZERS_FILE,
-    "model.pb",
-    "saved_model/*",
-    "saved_model/**",
-    "model.onnx",
-    "README.md",
-    "qat_results.json",
-]
-_MAX_JSON_BYTES = 64 << 20
 
 
 def _read_json(path: Path) -> Any:
-    from ..errors import CompressionStateError
-
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: the folder is not a saved hf_qat Keras model"
-        )
-    size = path.stat().st_size
-    if size > _MAX_JSON_BYTES:
-        raise CompressionStateError(
-            f"{path} is {size} bytes; hf_qat reads JSON files up to {_MAX_JSON_BYTES} bytes"
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CompressionStateError(f"{path} is not valid JSON: {e}") from e
+        raise FileNotFoundError(f"{path} is missing: the folder is not a saved hf_qat Keras model")
+    return read_json_file(path, "loading a Keras QAT model")
 
 
 def save_keras_qat_model(model: Any, ctrl: Any, output_dir: str | os.PathLike) -> Path:
@@ -100,11 +73,11 @@ def save_keras_qat_model(model: Any, ctrl: Any, output_dir: str | os.PathLike) -
             model.save(tmp + ".keras")
             os.replace(tmp + ".keras", tmp)
     atomic_write_text(
-        output_dir / "compression_state.json",
+        output_dir / COMPRESSION_STATE_NAME,
         json.dumps(ctrl.get_compression_state(), indent=2),
     )
     atomic_write_text(
-        output_dir / "nncf_config.json", json.dumps(dict(ctrl.config), indent=2)
+        output_dir / NNCF_CONFIG_NAME, json.dumps(dict(ctrl.config), indent=2)
     )
     arrays = {
         k: np.array(v, dtype=np.float32) for k, v in ctrl.quantizer_arrays().items()
@@ -134,7 +107,7 @@ def _local_folder(
             source[len(HF_PREFIX) :],
             revision=revision,
             token=token,
-            allow_patterns=KERAS_PUSHED_FILES,
+            allow_patterns=list(KERAS_LAYOUT.pushed),
         )
     )
 
@@ -153,12 +126,9 @@ def restore_quantizers(
     """
     from safetensors.numpy import load_file
 
-    from ..core.config import NNCFConfig
-    from ..keras import create_compressed_model
-
     folder = _local_folder(source, revision, token)
-    state = _read_json(folder / "compression_state.json")
-    config = NNCFConfig.from_dict(_read_json(folder / "nncf_config.json"))
+    state = _read_json(folder / COMPRESSION_STATE_NAME)
+    config = NNCFConfig.from_dict(_read_json(folder / NNCF_CONFIG_NAME))
     quantizers_path = folder / QUANTIZERS_FILE
     if not quantizers_path.is_file():
         raise FileNotFoundError(
@@ -205,24 +175,8 @@ def from_pretrained(
 
 def push_keras_folder(folder: str | os.PathLike, repo_id: str, **kwargs: Any) -> Any:
     """Upload a saved Keras QAT folder to ``repo_id`` in one commit (retries and errors as
-    :func:`hf_qat.integrations.hub.push_qat_folder`)."""
-    from .hub import push_qat_folder
-
-    folder = Path(folder)
-    missing = [
-        f
-        for f in ("compression_state.json", "nncf_config.json", QUANTIZERS_FILE)
-        if not (folder / f).is_file()
-    ]
-    if not ((folder / "metadata.json").is_file() or (folder / "model.keras").is_file()):
-        missing.append("metadata.json or model.keras")
-    if missing:
-        raise FileNotFoundError(
-            f"{folder} is not a saved hf_qat Keras model: missing {missing}"
-        )
-    return push_qat_folder(
-        folder, repo_id, allow_patterns=KERAS_PUSHED_FILES, required=[], **kwargs
-    )
+    :func:`hf_qat.hub.push_qat_folder`, files as :data:`~hf_qat.core.layout.KERAS_LAYOUT`)."""
+    return push_qat_folder(folder, repo_id, layout=KERAS_LAYOUT, **kwargs)
 
 
 def push_to_hub_keras(
@@ -237,8 +191,6 @@ def push_to_hub_keras(
     **push_kwargs: Any,
 ) -> Any:
     """Save, export (``formats``), write the model card and push a compressed Keras model in one commit."""
-    from .model_card import write_model_card
-
     exports = {
         "frozen_graph": "model.pb",
         "saved_model": "saved_model",
@@ -261,7 +213,7 @@ def push_to_hub_keras(
         )
         if results:
             atomic_write_text(
-                Path(tmp) / "qat_results.json",
+                Path(tmp) / RESULTS_NAME,
                 json.dumps(results, indent=2, default=float),
             )
         return push_keras_folder(tmp, repo_id, **push_kwargs)

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 import hf_qat
 from hf_qat import NNCFConfig, create_compressed_model, register_default_init_args
-from hf_qat.integrations import QATTrainer, QATTrainingArguments
+from hf_qat.transformers import QATTrainer, QATTrainingArguments
 
 QAT_FILES = {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md"}
 
@@ -92,7 +92,7 @@ def test_pull_reads_only_json_and_safetensors(hub):
 
 
 def test_run_qat_push_to_hub(hub, tmp_path):
-    from test_run_qat import common, load_script, sentences, tiny_text_model, write_jsonl
+    from run_qat_utils import common, load_script, sentences, tiny_text_model, write_jsonl
 
     run_qat = load_script()
     model = tiny_text_model(tmp_path / "model")
@@ -113,7 +113,7 @@ def test_run_qat_push_to_hub(hub, tmp_path):
 
 
 def test_run_qat_push_with_a_bad_token_fails_before_training(hub, tmp_path, monkeypatch):
-    from test_run_qat import common, load_script, sentences, tiny_text_model, write_jsonl
+    from run_qat_utils import common, load_script, sentences, tiny_text_model, write_jsonl
 
     run_qat = load_script()
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
@@ -141,7 +141,7 @@ def no_backoff_sleep(monkeypatch):
 
 
 def saved_model(tmp_path):
-    from hf_qat.integrations.hub import save_qat_model
+    from hf_qat.transformers import save_qat_model
 
     batches = [inputs_of(b) for b in text_batches()]
     config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
@@ -151,7 +151,7 @@ def saved_model(tmp_path):
 
 
 def test_push_refused_before_upload(hub, tmp_path, monkeypatch):
-    from hf_qat.integrations.hub import push_qat_folder
+    from hf_qat.hub import push_qat_folder
 
     folder, local = saved_model(tmp_path)
     hub.requests.clear()
@@ -167,8 +167,8 @@ def test_push_refused_before_upload(hub, tmp_path, monkeypatch):
 def test_failed_push_leaves_the_repo_unchanged(hub, tmp_path, no_backoff_sleep, fault, monkeypatch):
     from hub_server import Fault
 
-    from hf_qat.integrations import hub as hub_module
-    from hf_qat.integrations.hub import push_qat_folder
+    from hf_qat.hub import push as hub_module
+    from hf_qat.hub import push_qat_folder
 
     monkeypatch.setattr(hub_module, "_sleep", no_backoff_sleep.append)  # hf_qat's whole-push retries
 

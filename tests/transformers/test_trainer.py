@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 from testing_utils import tiny_bert, tiny_text_dataset
 
 from hf_qat import CompressionStateError, NNCFConfig
-from hf_qat.integrations import QATTrainer, QATTrainingArguments
-from hf_qat.integrations.metrics import load_metric
+from hf_qat.transformers import QATTrainer, QATTrainingArguments, load_metric
 
 ACCURACY = load_metric("accuracy")
 

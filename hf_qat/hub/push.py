@@ -1,14 +1,11 @@
-"""Push QAT models to the Hugging Face Hub and pull them back.
+"""Push a saved QAT folder to the Hugging Face Hub in one commit (framework-neutral).
 
-A push is one commit holding exactly the files of a QAT model (:data:`PUSHED_FILES`): the
-safetensors checkpoint with quantizer parameters, ``config.json`` with ``quantization_config``,
-``compression_state.json``, ``nncf_config.json``, ``model.onnx`` (INT8), the tokenizer or
-processor files, ``qat_results.json`` when there are results, and ``README.md`` rendered from
-``model_cards/``. Pickled files (``training_args.bin``, optimizer states) and Trainer checkpoints
-are never pushed.
-
-Pulling reads only JSON and safetensors: ``from_pretrained`` (after ``import hf_qat``) rebuilds
-the quantizers, :func:`load_onnx_from_hub` downloads ``model.onnx`` into a runtime session.
+A push is one commit holding exactly the files of the folder's layout
+(:data:`hf_qat.core.layout.TRANSFORMERS_LAYOUT` or :data:`~hf_qat.core.layout.KERAS_LAYOUT`): for
+PyTorch the safetensors checkpoint with quantizer parameters, ``config.json`` with
+``quantization_config``, ``compression_state.json``, ``nncf_config.json``, ``model.onnx`` (INT8), the
+tokenizer or processor files, ``qat_results.json`` when there are results, and the ``README.md`` model
+card. Pickled files (``training_args.bin``, optimizer states) and Trainer checkpoints are never pushed.
 
 Faults: every request of a push has a timeout (:data:`DEFAULT_TIMEOUT`; huggingface_hub's own default
 is none, so a hung server would hang the push forever). huggingface_hub retries single requests (LFS
@@ -23,28 +20,23 @@ repo's head before and after.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError, HubError
-from .quantization_config import quantization_config_dict, write_qat_files
+from ..core.layout import TRANSFORMERS_LAYOUT, FolderLayout
+from ..errors import HubError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_ATTEMPTS",
     "BACKOFF_SECONDS",
-    "PUSHED_FILES",
-    "save_qat_model",
     "check_push_access",
+    "is_transient",
     "push_qat_folder",
-    "push_to_hub",
-    "load_onnx_from_hub",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,57 +52,6 @@ _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _sleep = time.sleep  # tests replace it to record the waits
 _UNKNOWN = "<unknown>"
 
-#: Patterns of the files a push uploads (everything else in the folder stays local).
-PUSHED_FILES = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "model-*.safetensors",
-    "config.json",
-    "generation_config.json",
-    "compression_state.json",
-    "nncf_config.json",
-    "model.onnx",
-    "model.onnx.data",
-    "README.md",
-    "qat_results.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "chat_template.jinja",
-]
-
-
-def save_qat_model(model: Any, ctrl: Any, output_dir: str | os.PathLike, processor: Any = None) -> Path:
-    """Save a compressed model the way :class:`~hf_qat.QATTrainer` does (weights, config with
-    ``quantization_config``, ``compression_state.json``, ``nncf_config.json``, processor)."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "save_pretrained"):
-        raise TypeError(f"{type(model).__name__} is not a transformers PreTrainedModel; save its state_dict and compression state instead")
-    previous = getattr(config, "quantization_config", None)
-    config.quantization_config = quantization_config_dict(ctrl)
-    try:
-        model.save_pretrained(output_dir)
-    finally:
-        if previous is None:
-            del config.quantization_config
-        else:
-            config.quantization_config = previous
-    write_qat_files(output_dir, ctrl)
-    if processor is not None:
-        processor.save_pretrained(output_dir)
-    return output_dir
-
-
 def push_qat_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -122,17 +63,15 @@ def push_qat_folder(
     endpoint: str | None = None,
     timeout: float | None = None,
     attempts: int | None = None,
-    allow_patterns: list[str] | None = None,
-    required: list[str] | None = None,
+    layout: FolderLayout = TRANSFORMERS_LAYOUT,
 ) -> Any:
-    """Upload the QAT files of ``folder`` (:data:`PUSHED_FILES`) to ``repo_id`` in one commit.
+    """Upload the QAT files of ``folder`` (``layout.pushed``) to ``repo_id`` in one commit.
 
     Args:
         timeout: seconds per request before it counts as failed (default :data:`DEFAULT_TIMEOUT`).
         attempts: whole-push attempts on transient failures (default :data:`DEFAULT_ATTEMPTS`).
-        allow_patterns: files to upload (default :data:`PUSHED_FILES`, a transformers QAT checkpoint).
-        required: files the folder must hold (default: the transformers checkpoint's); callers with their
-            own layout (Keras) check it themselves and pass ``[]``.
+        layout: the folder's file layout: which files it must hold and which are uploaded (default: a
+            transformers QAT folder; Keras folders pass :data:`~hf_qat.core.layout.KERAS_LAYOUT`).
 
     Returns:
         The ``CommitInfo`` of the commit (of the existing head when the hub already holds these files).
@@ -145,13 +84,9 @@ def push_qat_folder(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    default_layout = required is None
-    required = ["config.json", "compression_state.json", "nncf_config.json"] if default_layout else list(required)
-    missing = [f for f in required if not (folder / f).is_file()]
-    if default_layout and not any(folder.glob("model*.safetensors")):
-        missing.append("model.safetensors")
+    missing = layout.missing(folder)
     if missing:
-        raise FileNotFoundError(f"{folder} is not a saved QAT model: missing {missing}")
+        raise FileNotFoundError(f"{folder} is not a saved {layout.framework} QAT model: missing {missing}")
     attempts = DEFAULT_ATTEMPTS if attempts is None else max(1, int(attempts))
     api = HfApi(token=token, endpoint=endpoint)
     with bounded_timeouts(DEFAULT_TIMEOUT if timeout is None else timeout):
@@ -169,7 +104,7 @@ def push_qat_folder(
                 return api.upload_folder(
                     repo_id=repo_id,
                     folder_path=str(folder),
-                    allow_patterns=PUSHED_FILES if allow_patterns is None else allow_patterns,
+                    allow_patterns=list(layout.pushed),
                     commit_message=commit_message,
                     revision=revision,
                 )
@@ -301,97 +236,3 @@ def check_push_access(api: Any, repo_id: str) -> str:
             f"{sorted(n for n in allowed if n)}, not to {namespace!r}. Nothing was uploaded."
         )
     return str(me.get("name"))
-
-
-def push_to_hub(
-    model: Any,
-    ctrl: Any,
-    repo_id: str,
-    *,
-    processor: Any = None,
-    example_inputs: Any = None,
-    results: dict[str, Any] | None = None,
-    base_model: str | None = None,
-    dataset: str | None = None,
-    token: str | None = None,
-    private: bool | None = None,
-    revision: str | None = None,
-    commit_message: str = "Upload QAT model (hf_qat)",
-    endpoint: str | None = None,
-) -> Any:
-    """Push a model compressed with the bare API (``create_compressed_model``) to the hub.
-
-    Saves the QAT checkpoint, exports ``model.onnx`` (INT8, verified in ONNX Runtime; example inputs
-    from ``example_inputs``, the controller's calibration data or the model config), renders the
-    model card and uploads everything in one commit. Returns the ``CommitInfo``.
-    """
-    from ..torch.export import export_onnx
-    from .model_card import write_model_card
-
-    with tempfile.TemporaryDirectory(prefix="hf_qat_push_") as tmp:
-        save_qat_model(model, ctrl, tmp, processor)
-        try:
-            export_onnx(model, Path(tmp) / "model.onnx", example_inputs, config=ctrl.config)
-        except ExportError as e:
-            raise ExportError(f"push_to_hub: the INT8 ONNX export failed, nothing was pushed. {e}", e.module, e.op) from e
-        card_results = dict(results) if results else {"metric": "n/a", "values": {}}
-        card_results.setdefault("task", _task_of(model))
-        write_model_card(tmp, ctrl, card_results, base_model=base_model or _base_model_of(model), dataset=dataset, repo_id=repo_id)
-        if results:
-            (Path(tmp) / "qat_results.json").write_text(json.dumps(results, indent=2, default=float))
-        return push_qat_folder(
-            tmp, repo_id, token=token, private=private, revision=revision, commit_message=commit_message, endpoint=endpoint
-        )
-
-
-def _task_of(model: Any) -> str:
-    name = type(model).__name__
-    for suffix, task in (
-        ("ForSequenceClassification", "text-classification"),
-        ("ForTokenClassification", "token-classification"),
-        ("ForImageClassification", "image-classification"),
-        ("ForCausalLM", "causal-lm"),
-        ("LMHeadModel", "causal-lm"),
-    ):
-        if name.endswith(suffix):
-            return task
-    return "feature-extraction"
-
-
-def _base_model_of(model: Any) -> str | None:
-    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "") or None
-
-
-def load_onnx_from_hub(
-    repo_id: str,
-    *,
-    runtime: str = "onnxruntime",
-    filename: str = "model.onnx",
-    revision: str | None = None,
-    token: str | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | None = None,
-):
-    """Download ``model.onnx`` from ``repo_id`` and load it.
-
-    Returns an ``onnxruntime.InferenceSession`` (``runtime="onnxruntime"``) or an OpenVINO
-    ``CompiledModel`` on CPU (``runtime="openvino"``).
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    if runtime not in ("onnxruntime", "openvino"):
-        raise ValueError(f"runtime must be 'onnxruntime' or 'openvino', got {runtime!r}")
-    path = hf_hub_download(repo_id, filename, revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir)
-    try:  # large models keep their weights next to the graph
-        hf_hub_download(repo_id, filename + ".data", revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir)
-    except EntryNotFoundError:  # absent for models under 2 GB
-        pass
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    import openvino as ov
-
-    core = ov.Core()
-    return core.compile_model(core.read_model(path), "CPU")

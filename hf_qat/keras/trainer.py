@@ -21,23 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
-__all__ = ["KerasQATArguments", "KerasQATTrainer", "default_nncf_config"]
+from ..core.config import NNCFConfig
+from ..core.defaults import DEFAULT_NUM_INIT_SAMPLES, default_nncf_config
+from ..core.layout import ONNX_NAME
+from ..errors import CompressionStateError
+from ..onnx.runtime import OnnxRunner
+from .checkpoint import CompressionState, load_compression_state
+from .hub import push_to_hub_keras, save_keras_qat_model
+from .init import register_default_init_args, split_features
+from .model_creation import create_compressed_model
+from .signature import feed_arrays
+
+__all__ = ["KerasQATArguments", "KerasQATTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def default_nncf_config(num_init_samples: int = 256) -> dict[str, Any]:
-    """NNCF's transformer QAT defaults: 8-bit, symmetric, per-channel weights, mixed_min_max range init."""
-    return {
-        "compression": {
-            "algorithm": "quantization",
-            "initializer": {
-                "range": {"num_init_samples": num_init_samples, "type": "mixed_min_max"}
-            },
-        }
-    }
 
 
 @dataclass
@@ -51,7 +51,7 @@ class KerasQATArguments:
         default=None, metadata={"help": "NNCF config JSON file (default: 8-bit QAT)."}
     )
     num_calibration_samples: int = field(
-        default=256, metadata={"help": "Samples for quantizer range initialisation."}
+        default=DEFAULT_NUM_INIT_SAMPLES, metadata={"help": "Samples for quantizer range initialisation."}
     )
     num_train_epochs: int = field(default=2, metadata={"help": "QAT epochs."})
     learning_rate: float = field(
@@ -116,11 +116,6 @@ class KerasQATTrainer:
         callbacks: list[Any] | None = None,
         nncf_config: Any = None,
     ):
-        import keras
-
-        from .. import keras as hqk  # noqa: F401 - selects the TensorFlow backend
-        from ..core.config import NNCFConfig
-
         self.model = model
         self.args = args
         self.train_dataset = train_dataset
@@ -149,14 +144,12 @@ class KerasQATTrainer:
     # -- compression ---------------------------------------------------------------------------
     def compress(self, compression_state: dict | None = None) -> Any:
         """Insert quantizers and initialise their ranges on the training data (once)."""
-        from .. import keras as hqk
-
         if self.ctrl is not None:
             return self.ctrl
         config = self.nncf_config
         if compression_state is None:
-            config = hqk.register_default_init_args(config, self.train_dataset)
-        self.ctrl, self.model = hqk.create_compressed_model(
+            config = register_default_init_args(config, self.train_dataset)
+        self.ctrl, self.model = create_compressed_model(
             self.model, config, compression_state=compression_state
         )
         logger.info(
@@ -178,7 +171,6 @@ class KerasQATTrainer:
     def _checkpoint_objects(self) -> Any:
         import tensorflow as tf
 
-        from ..keras import CompressionState
 
         if self._checkpoint is None:
             self._checkpoint = tf.train.Checkpoint(
@@ -209,8 +201,6 @@ class KerasQATTrainer:
         import keras
         import tensorflow as tf
 
-        from ..errors import CompressionStateError
-        from ..keras import load_compression_state
 
         keras.utils.set_random_seed(self.args.seed)
         initial_epoch = 0
@@ -264,11 +254,7 @@ class KerasQATTrainer:
         self, dataset: Any = None, path: str | None = None
     ) -> dict[str, float]:
         """Accuracy of the INT8 ONNX export in ONNX Runtime (exported first when ``path`` is not given)."""
-        from ..keras.export import feed_arrays
-        from ..keras.init import split_features
-        from ..onnx.runtime import OnnxRunner
-
-        path = path or str(self.output_dir / "model.onnx")
+        path = path or str(self.output_dir / ONNX_NAME)
         if not os.path.exists(path):
             self.export(["onnx"])
         runner = OnnxRunner(path)
@@ -306,8 +292,6 @@ class KerasQATTrainer:
 
     def save_model(self, output_dir: str | None = None) -> Path:
         """Save the keras-hub preset (or ``model.keras``), compression state, config and quantizer ranges."""
-        from .keras_io import save_keras_qat_model
-
         return save_keras_qat_model(
             self.model, self.ctrl, output_dir or self.output_dir
         )
@@ -319,8 +303,6 @@ class KerasQATTrainer:
         **kwargs: Any,
     ) -> Any:
         """Save, export all three formats, write the model card and push in one commit."""
-        from .keras_io import push_to_hub_keras
-
         repo_id = repo_id or self.args.hub_model_id
         if not repo_id:
             raise ValueError(

@@ -9,8 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import hf_qat
 from hf_qat import NNCFConfig, create_compressed_model, register_default_init_args
-from hf_qat.integrations import QATTrainer, QATTrainingArguments
-from hf_qat.integrations.hub import save_qat_model
+from hf_qat.transformers import QATTrainer, QATTrainingArguments, save_qat_model
 
 
 def compressed(factory, batches):
@@ -72,7 +71,7 @@ def test_without_hf_qat_transformers_loads_a_float_model(tmp_path, monkeypatch, 
         hf_logging.disable_propagation()
     assert not getattr(plain, "is_quantized", False) and not hasattr(plain, "_hf_qat_ctrl")
     assert "Unknown quantization type, got hf_qat" in caplog.text
-    hf_qat.integrations.transformers_quantizer.register()  # idempotent re-registration
+    hf_qat.transformers.quantizer.register()  # idempotent re-registration
 
 
 def test_config_without_compression_state_is_refused(tmp_path):

@@ -3,71 +3,46 @@
 The Trainer's loop is not copied: compression happens in :meth:`QATTrainer.train` before the
 loop builds the optimizer, the optimizer groups come from :meth:`create_optimizer`, distillation
 lives in :meth:`compute_loss`, the NNCF compression scheduler is a ``TrainerCallback``, and the
-QAT files are added to every save by :meth:`_save`. Everything else (gradient accumulation,
+QAT files are added to every save by :meth:`_save`, checkpoints are made atomic by
+:meth:`_save_checkpoint` staging them (:mod:`hf_qat.transformers.checkpointing`) through the
+overridden :meth:`_get_output_dir`, and the exported ONNX file is evaluated with the task's
+transformers loss (:mod:`hf_qat.transformers.evaluation`). Everything else (gradient accumulation,
 evaluation, logging, checkpoint rotation, ``push_to_hub``) is the Trainer's own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
 import pickle
-import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import (
-    PREFIX_CHECKPOINT_DIR,
-    EvalPrediction,
-    get_last_checkpoint,
-    rotate_checkpoints,
-)
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from ..core.config import NNCFConfig
-from ..core.state import parse_compression_state
-from ..errors import CheckpointError, CompressionStateError, ConfigError, ExportError
+from ..core.defaults import default_nncf_config
+from ..core.layout import ONNX_NAME, quantization_config_dict, write_qat_files
+from ..errors import CompressionStateError, ConfigError, ExportError
+from ..hub.model_card import write_model_card
+from ..hub.push import push_qat_folder
 from ..torch.controller import QuantizationController
+from ..torch.export import export_onnx
 from ..torch.init import register_default_init_args
 from ..torch.model_creation import create_compressed_model, is_compressed
-from ..utils.io import fsync_dir
-from .quantization_config import COMPRESSION_STATE_NAME, quantization_config_dict, read_json_file, write_qat_files
+from .checkpointing import StagedCheckpoint, check_checkpoint
+from .evaluation import evaluate_onnx_file
+from .hub import base_model_of, task_of
 
-__all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback", "default_nncf_config"]
+__all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback"]
 
 logger = logging.getLogger(__name__)
-
-ONNX_NAME = "model.onnx"
-#: Checkpoints are written into ``.checkpoint-<step>.tmp`` beside their final folder, then renamed. The leading
-#: dot matters: transformers' ``sort_checkpoints`` (rotation) globs ``checkpoint-*`` and would count
-#: ``checkpoint-<step>.tmp`` as a checkpoint; ``get_last_checkpoint`` only takes ``checkpoint-<digits>``.
-STAGING_PREFIX = "." + PREFIX_CHECKPOINT_DIR
-
-
-def default_nncf_config(num_init_samples: int = 128) -> dict[str, Any]:
-    """8-bit QAT as in NNCF's transformers configs: symmetric, per-channel weights, percentile ranges."""
-    return {
-        "compression": {
-            "algorithm": "quantization",
-            "initializer": {
-                "range": {
-                    "num_init_samples": num_init_samples,
-                    "type": "percentile",
-                    "params": {"min_percentile": 0.01, "max_percentile": 99.99},
-                },
-                "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
-            },
-        }
-    }
-
 
 @dataclass
 class QATTrainingArguments(TrainingArguments):
@@ -307,6 +282,11 @@ class QATTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # -- saving -------------------------------------------------------------------------------------
+    def _get_output_dir(self, trial):
+        """The run folder; while :meth:`_save_checkpoint` writes, the checkpoint's staging root."""
+        staged = getattr(self, "_staged_checkpoint", None)
+        return staged.root if staged is not None else super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial):
         """``Trainer._save_checkpoint``, made atomic: everything is written into a staging folder that is
         renamed to ``checkpoint-<step>`` only once complete (files and folder fsynced first).
@@ -314,50 +294,38 @@ class QATTrainer(Trainer):
         A crash or kill mid-save leaves the previous checkpoints as they were and no ``checkpoint-<step>``
         folder, so ``resume_from_checkpoint=True`` picks the last complete one. A failed write (full
         disk ...) removes the staging folder and raises [`CheckpointError`]. Staging folders left by a
-        killed run are removed at the next save.
+        killed run are removed at the next save. Trainer's own rotation runs inside the staging root
+        (one checkpoint: nothing to rotate); the real rotation runs once the checkpoint is in place.
         """
-        run_dir = self._get_output_dir(trial=trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        final = os.path.join(run_dir, name)
-        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}-{self.state.global_step}.tmp")
-        staging = os.path.join(staging_root, name)
+        staged = StagedCheckpoint(self._get_output_dir(trial=trial), self.state.global_step)
         if self.args.should_save:
-            _remove_stale_staging(run_dir)
-            os.makedirs(staging_root, exist_ok=True)
+            staged.prepare()
         self.accelerator.wait_for_everyone()
-        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation: after the rename
-        self._get_output_dir = lambda trial=None: staging_root  # type: ignore[method-assign]
+        self._staged_checkpoint = staged
         try:
             super()._save_checkpoint(model, trial)
         except BaseException as e:
             if self.args.should_save:
-                shutil.rmtree(staging_root, ignore_errors=True)
+                staged.discard()
             if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: cleaned up, passed on
                 raise
-            cause = e if isinstance(e, OSError) else OSError(_errno_of(e), f"{type(e).__name__}: {e}")
-            last = get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-            raise CheckpointError(
-                final, cause, "checkpoint",
-                detail=f"Last complete checkpoint: {last or 'none'}; resume from it with resume_from_checkpoint=True.",
-            ) from e
+            raise staged.error(e) from e
         finally:
-            del self._get_output_dir
-            self.args.save_total_limit = save_total_limit
+            self._staged_checkpoint = None
         # Trainer resolved the best checkpoint inside the staging root: point at final names instead
         best = self.state.best_global_step
-        if best and (best == self.state.global_step or os.path.isdir(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best}"))):
-            self.state.best_model_checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best}")
+        if best:
+            best_dir = StagedCheckpoint(staged.run_dir, best).final
+            if best == self.state.global_step or os.path.isdir(best_dir):
+                self.state.best_model_checkpoint = best_dir
         self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states are per rank)
         if self.args.should_save:
-            if os.path.isfile(os.path.join(staging, "trainer_state.json")):  # with the final best-checkpoint path
-                self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
-            _fsync_tree(staging)
-            _replace_dir(staging, final)
-            shutil.rmtree(staging_root, ignore_errors=True)
-            fsync_dir(run_dir)
+            if os.path.isfile(os.path.join(staged.folder, "trainer_state.json")):  # with the final best-checkpoint path
+                self.state.save_to_json(os.path.join(staged.folder, "trainer_state.json"))
+            staged.commit()
             rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=save_total_limit,
+                output_dir=staged.run_dir,
+                save_total_limit=self.args.save_total_limit,
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=True,
             )
@@ -401,9 +369,6 @@ class QATTrainer(Trainer):
             return super().push_to_hub(commit_message=commit_message, blocking=blocking, token=token, revision=revision, **kwargs)
         if not self.is_world_process_zero():
             return None
-        from .hub import push_qat_folder
-        from .model_card import write_model_card
-
         out = Path(self.args.output_dir)
         self.save_model(str(out), _internal_call=True)
         if self.onnx_result is None or self._onnx_step != self.state.global_step or not (out / ONNX_NAME).exists():
@@ -412,7 +377,7 @@ class QATTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if results is None:
             results = self._results_from_logs(model)
-        base = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "") or None
+        base = base_model_of(model)
         write_model_card(out, self.compression_ctrl, results, base_model=base, repo_id=repo_id)
         return push_qat_folder(
             out,
@@ -429,8 +394,6 @@ class QATTrainer(Trainer):
             return super()._push_from_checkpoint(checkpoint_folder)
         if not self.is_world_process_zero() or getattr(self.args.hub_strategy, "value", self.args.hub_strategy) == "end":
             return None
-        from .hub import push_qat_folder
-
         push_qat_folder(
             checkpoint_folder,
             self.args.hub_model_id or Path(self.args.output_dir).resolve().name,
@@ -442,14 +405,12 @@ class QATTrainer(Trainer):
         return None
 
     def _results_from_logs(self, model: nn.Module) -> dict[str, Any]:
-        from .hub import _task_of
-
         evals = [h for h in self.state.log_history if any(k.startswith("eval_") for k in h)]
         onnx = [h for h in self.state.log_history if any(k.startswith("onnx_") for k in h)]
         last_eval, last_onnx = (evals[-1] if evals else {}), (onnx[-1] if onnx else {})
         metric = next((k[5:] for k in last_eval if k.startswith("eval_") and k[5:] not in ("loss", "runtime", "samples_per_second", "steps_per_second")), "loss")
         return {
-            "task": _task_of(model),
+            "task": task_of(model),
             "metric": metric,
             "values": {"fp32": None, "int8": last_eval.get(f"eval_{metric}"), "int8_onnx": last_onnx.get(f"onnx_{metric}")},
         }
@@ -458,8 +419,6 @@ class QATTrainer(Trainer):
     def export_onnx(self, path: str | os.PathLike | None = None, **kwargs: Any):
         """Export the trained model to INT8 ONNX (default ``<output_dir>/model.onnx``) on the main
         process; example inputs come from one eval (or train) batch. Returns the ``ExportResult``."""
-        from ..torch.export import export_onnx
-
         if self.compression_ctrl is None:
             raise ValueError("Nothing to export yet: train() (or compress()) first.")
         path = Path(path) if path is not None else Path(self.args.output_dir) / ONNX_NAME
@@ -489,160 +448,6 @@ class QATTrainer(Trainer):
     def evaluate_onnx(self, path: str | os.PathLike | None = None, eval_dataset=None, metric_key_prefix: str = "onnx") -> dict[str, float]:
         """Evaluate an exported ONNX file in ONNX Runtime on the eval set with ``compute_metrics``:
         the metric of what is deployed. Returns ``{"onnx_loss": ..., "onnx_<metric>": ...}``."""
-        from ..onnx.runtime import OnnxRunner
-
         path = Path(path) if path is not None else (self.onnx_result.path if self.onnx_result else Path(self.args.output_dir) / ONNX_NAME)
-        runner = OnnxRunner(path)
-        loader = self._unsharded_eval_loader(eval_dataset)
         model = self.accelerator.unwrap_model(self.model)
-        all_logits, all_labels, losses, counts = [], [], [], []
-        for batch in loader:
-            feed = {n: batch[n].detach().cpu().numpy() for n in runner.input_names}
-            outputs = runner(feed)
-            logits = outputs["logits"] if "logits" in outputs else outputs[runner.output_names[0]]
-            labels = batch.get("labels")
-            if labels is not None:
-                labels = labels.detach().cpu()
-                loss, n = _task_loss(model, torch.from_numpy(logits), labels)
-                losses.append(loss * n)
-                counts.append(n)
-                all_labels.append(labels.numpy())
-            all_logits.append(logits)
-        metrics: dict[str, float] = {}
-        if counts:
-            metrics[f"{metric_key_prefix}_loss"] = float(sum(losses) / max(sum(counts), 1))
-        if self.compute_metrics is not None and all_labels:
-            predictions = _concat_padded(all_logits)
-            label_ids = _concat_padded(all_labels, pad=-100)
-            for k, v in self.compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)).items():
-                metrics[f"{metric_key_prefix}_{k}"] = v
-        return metrics
-
-
-def token_level_loss(model: nn.Module, loader) -> float:
-    """Mean loss of a PyTorch model over a loader, computed as :meth:`QATTrainer.evaluate_onnx` does
-    (per labelled item; for causal LMs per *predicted* token), so both can be compared."""
-    model.eval()
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for batch in loader:
-            labels = batch.get("labels")
-            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            logits = model(**inputs).logits.float().cpu()
-            loss, n = _task_loss(model, logits, labels.cpu())
-            total += loss * n
-            count += n
-    return total / max(count, 1)
-
-
-def _concat_padded(arrays: list[np.ndarray], pad: float = -100) -> np.ndarray:
-    """Concatenate batches along axis 0, padding axis 1 (sequence) to the longest batch."""
-    if not arrays:
-        return np.zeros((0,))
-    if arrays[0].ndim < 2 or len({a.shape[1] for a in arrays}) == 1:
-        return np.concatenate(arrays)
-    longest = max(a.shape[1] for a in arrays)
-    out = []
-    for a in arrays:
-        width = [(0, 0)] * a.ndim
-        width[1] = (0, longest - a.shape[1])
-        out.append(np.pad(a, width, constant_values=pad))
-    return np.concatenate(out)
-
-
-def _is_causal_lm(model: nn.Module) -> bool:
-    name = type(model).__name__
-    return name.endswith("ForCausalLM") or name.endswith("LMHeadModel") or bool(getattr(getattr(model, "config", None), "is_decoder", False))
-
-
-def _task_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Mean loss of logits against labels, and the number of labelled items it averages.
-
-    Causal LMs: cross-entropy of each next-token prediction (labels shifted by one), averaged over
-    the predicted tokens. (Trainer's ``eval_loss`` divides the same sum by the unshifted token
-    count, which reads ``(S-1)/S`` low.)
-    """
-    config = getattr(model, "config", None)
-    if logits.dim() == 3 and labels.dim() == 2 and _is_causal_lm(model):
-        shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-        n = int((shift_labels != -100).sum())
-        return float(F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="mean")) if n else 0.0, n
-    if logits.dim() == 3:  # token classification
-        flat = labels.reshape(-1)
-        n = int((flat != -100).sum())
-        return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-100)) if n else 0.0, n
-    if getattr(config, "problem_type", None) == "multi_label_classification":
-        return float(F.binary_cross_entropy_with_logits(logits, labels.float())), len(labels)
-    if getattr(config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
-        return float(F.mse_loss(logits.squeeze(-1), labels.float())), len(labels)
-    return float(F.cross_entropy(logits, labels)), len(labels)
-
-
-def _errno_of(error: BaseException) -> int | None:
-    """The errno behind an exception raised by native writers (safetensors reports "... (os error 28)")."""
-    match = re.search(r"os error (\d+)", str(error))
-    return int(match.group(1)) if match else None
-
-
-def _fsync_tree(folder: str) -> None:
-    """Flush every file of ``folder`` (and the folder) to disk before it is renamed into place."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(root)
-
-
-def _replace_dir(src: str, dst: str) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` (a re-run over the same output_dir) is moved aside first."""
-    if os.path.exists(dst):
-        aside = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.old")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(dst, aside)
-        os.replace(src, dst)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-def _remove_stale_staging(run_dir: str) -> None:
-    """Delete staging folders of saves that never finished (a killed run); they are never checkpoints."""
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.listdir(run_dir):
-            if entry.startswith(STAGING_PREFIX + "-") and entry.endswith((".tmp", ".old")):
-                logger.warning("hf_qat: removing %s, left by an interrupted checkpoint save", os.path.join(run_dir, entry))
-                shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
-
-
-def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Validate a QAT checkpoint folder before anything is trained or written; return its compression state.
-
-    Raises:
-        [`CompressionStateError`]: missing folder, weights or compression state, or malformed JSON.
-    """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise CompressionStateError(f"resume_from_checkpoint: {path} is not a directory")
-    if not any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
-        raise CompressionStateError(
-            f"resume_from_checkpoint: {path} holds no model.safetensors; expected a checkpoint written by QATTrainer"
-        )
-    if not os.path.isfile(os.path.join(path, COMPRESSION_STATE_NAME)):
-        raise CompressionStateError(
-            f"resume_from_checkpoint: {path} has no {COMPRESSION_STATE_NAME}; it was not written by QATTrainer "
-            "(an FP32 checkpoint cannot resume QAT: start a new run from it with --model_name instead)"
-        )
-    state = read_json_file(os.path.join(path, COMPRESSION_STATE_NAME), "resume_from_checkpoint")
-    if not isinstance(state, dict) or "builder_state" not in state:
-        raise CompressionStateError(
-            f"resume_from_checkpoint: {os.path.join(path, COMPRESSION_STATE_NAME)} is not an NNCF compression state "
-            "(expected an object with 'builder_state' and 'ctrl_state')"
-        )
-    parse_compression_state(state)
-    config_path = os.path.join(path, "config.json")
-    if os.path.isfile(config_path):  # Trainer reads it on resume; fail here, with the file named
-        config = read_json_file(config_path, "resume_from_checkpoint", strict=False)
-        if not isinstance(config, dict):
-            raise CompressionStateError(f"resume_from_checkpoint: {config_path} is not a JSON object")
-    return state
+        return evaluate_onnx_file(path, model, self._unsharded_eval_loader(eval_dataset), self.compute_metrics, metric_key_prefix)

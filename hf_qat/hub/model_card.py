@@ -1,15 +1,26 @@
-"""Model cards of QAT models, rendered with ``huggingface_hub.ModelCard`` from ``model_cards/``."""
+"""Model cards of QAT models, rendered with ``huggingface_hub.ModelCard`` from the card template.
+
+The template's source is ``model_cards/hf_qat_model_card.md`` at the top of the repository; it is
+installed as package data of ``hf_qat.hub.templates`` (a package mapped onto that folder) and read
+with ``importlib.resources``, so a wheel install renders cards like a checkout does.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TEMPLATE_NAME", "template_path", "render_model_card", "write_model_card"]
+from ..core.layout import quantization_scheme
+from ..utils.io import atomic_write_text
+
+__all__ = ["TEMPLATE_NAME", "TEMPLATE_PACKAGE", "template_text", "render_model_card", "write_model_card"]
 
 TEMPLATE_NAME = "hf_qat_model_card.md"
+#: The package the template is installed in (``model_cards/`` mapped by ``pyproject.toml``).
+TEMPLATE_PACKAGE = "hf_qat.hub.templates"
 _AUTO_CLASSES = {
     "text-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
@@ -19,12 +30,20 @@ _AUTO_CLASSES = {
 _PIPELINE_TAGS = {"causal-lm": "text-generation"}
 
 
-def template_path() -> Path:
-    """The card template: ``model_cards/hf_qat_model_card.md`` of the hf_qat checkout."""
-    path = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"model card template not found at {path}; hf_qat must be installed from its repository")
-    return path
+def template_text() -> str:
+    """The card template (``model_cards/hf_qat_model_card.md``), read from the installed package.
+
+    Raises:
+        `FileNotFoundError`: the installation lacks the template (a build that dropped package data);
+            reinstall hf_qat.
+    """
+    try:
+        return resources.files(TEMPLATE_PACKAGE).joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise FileNotFoundError(
+            f"The model card template {TEMPLATE_NAME} is not installed with hf_qat (package {TEMPLATE_PACKAGE}: {e}). "
+            "Reinstall hf_qat (pip install --force-reinstall hf_qat)."
+        ) from None
 
 
 def _fmt(value: Any) -> str:
@@ -45,8 +64,6 @@ def render_model_card(
     ``model.keras``); it selects the card's library and usage section.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from .quantization_config import quantization_scheme
 
     task = results["task"]
     metric = results["metric"]
@@ -77,7 +94,7 @@ def render_model_card(
     sizes, latency = results.get("onnx_file_size") or {}, results.get("onnx_latency_batch1_s") or {}
     return ModelCard.from_template(
         card_data,
-        template_path=str(template_path()),
+        template_str=template_text(),
         model_name=repo_id.split("/")[-1],
         base_model=base_model,
         base_model_url=f"https://huggingface.co/{base_model}" if base_is_hub_id else base_model,
@@ -110,8 +127,6 @@ def write_model_card(
     framework: str = "pytorch",
 ) -> Path:
     """Render the card and write ``README.md`` into ``output_dir`` (atomically)."""
-    from ..utils.io import atomic_write_text
-
     card = render_model_card(ctrl, results, base_model, dataset, repo_id, framework)
     path = Path(output_dir) / "README.md"
     atomic_write_text(path, str(card))

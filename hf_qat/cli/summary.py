@@ -1,0 +1,52 @@
+"""The closing table of a run and the ONNX latency probe behind it."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from ..onnx.runtime import OnnxRunner
+
+__all__ = ["onnx_latency", "summary_table"]
+
+
+def onnx_latency(paths: dict[str, str], feed: dict[str, Any], runs: int) -> dict[str, float]:
+    """Median ONNX Runtime latency (seconds) of each file on ``feed``, runs interleaved, after 3 warm-ups."""
+    runners = {k: OnnxRunner(p) for k, p in paths.items()}
+    for r in runners.values():
+        for _ in range(3):
+            r(feed)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(runs):
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            r(feed)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def summary_table(
+    task: str, metric: str, values: dict, sizes: dict, latency: dict, framework: str, max_seq_length: int
+) -> list[str]:
+    """The closing table of a run: FP32 vs INT8 (framework) vs INT8 ONNX, ONNX sizes and latency."""
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [
+        "",
+        f"| {task} | FP32 | INT8 ({framework}) | INT8 (ONNX Runtime) |",
+        "|---|---|---|---|",
+        f"| {metric} | {fmt(values['fp32'])} | {fmt(values['int8'])} | {fmt(values['int8_onnx'])} |",
+    ]
+    if sizes.get("int8"):
+        seq = "" if task == "image-classification" else f", sequence {max_seq_length}"
+        lines.append(
+            f"| ONNX size (MiB) | {sizes['fp32'] / 2**20:.2f} | | {sizes['int8'] / 2**20:.2f} ({sizes['int8'] / sizes['fp32']:.2f}x) |"
+        )
+        lines.append(
+            f"| ONNX Runtime latency, batch 1{seq} (ms) | {latency['fp32'] * 1e3:.2f} | | "
+            f"{latency['int8'] * 1e3:.2f} ({latency['int8'] / latency['fp32']:.2f}x) |"
+        )
+    return lines

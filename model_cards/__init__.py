@@ -1,0 +1,1 @@
+"""Model card templates; installed as the package ``hf_qat.hub.templates`` (see pyproject.toml)."""
