@@ -50,7 +50,7 @@ class MissingDependencyError(HfQatError, ImportError):
         self.extra = extra
         self.feature = feature
         super().__init__(
-            f"{feature} needs {package}, which is not installed. Install it with: pip install \"hf_qat[{extra}]\"",
+            f'{feature} needs {package}, which is not installed. Install it with: pip install "hf_qat[{extra}]"',
             name=package,
         )
 

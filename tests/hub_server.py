@@ -67,14 +67,36 @@ from urllib.parse import parse_qs, unquote, urlsplit
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".msgpack", ".npy", ".npz",
-                ".pkl", ".pickle", ".parquet", ".arrow", ".tflite", ".keras", ".model", ".zip", ".gz", ".tar")
+LFS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".onnx",
+    ".msgpack",
+    ".npy",
+    ".npz",
+    ".pkl",
+    ".pickle",
+    ".parquet",
+    ".arrow",
+    ".tflite",
+    ".keras",
+    ".model",
+    ".zip",
+    ".gz",
+    ".tar",
+)
 GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
 PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _TYPE_OF_PREFIX = {v: k for k, v in PREFIXES.items()}
 _TYPE_OF_API = {"models": "model", "datasets": "dataset", "spaces": "space"}
-_API = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)"
-                  r"(?:/(revision|tree|preupload|commit|branch)/([^/]+)(/.*)?)?$")
+_API = re.compile(
+    r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)"
+    r"(?:/(revision|tree|preupload|commit|branch)/([^/]+)(/.*)?)?$"
+)
 _RESOLVE = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 _LFS = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)\.git/info/lfs/objects/(batch|verify|[0-9a-f]{64})$")
 _LFS_JSON = {"Content-Type": "application/vnd.git-lfs+json"}
@@ -202,8 +224,9 @@ class HubServer:
         repo = self.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private, {"main": [first]})
         return repo
 
-    def _commit(self, parent: Commit | None, message: str, files: dict[str, bytes], lfs: set[str] | frozenset[str],
-                description: str = "") -> Commit:
+    def _commit(
+        self, parent: Commit | None, message: str, files: dict[str, bytes], lfs: set[str] | frozenset[str], description: str = ""
+    ) -> Commit:
         sha = hashlib.sha1(f"{parent.sha if parent else ''}|{message}|{next(self._counter)}".encode())
         for path, data in sorted(files.items()):
             sha.update(hashlib.sha1(path.encode() + b"\0" + data).digest())
@@ -265,8 +288,16 @@ class HubServer:
         if path == "/api/whoami-v2" and method == "GET":
             self._authed(headers, required=True)
             token = {"displayName": "test", "role": "write"}
-            return _json(200, {"type": "user", "name": self.user, "fullname": self.user, "orgs": [],
-                               "auth": {"type": "access_token", "accessToken": token}})
+            return _json(
+                200,
+                {
+                    "type": "user",
+                    "name": self.user,
+                    "fullname": self.user,
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": token},
+                },
+            )
         if path == "/api/agent-harnesses" and method == "GET":
             return _json(200, {"standardEnvVars": [], "harnesses": {}})
         if m := _API.match(path):
@@ -307,24 +338,42 @@ class HubServer:
                 if lfs := entry.get("lfs"):
                     sibling["lfs"] = {"sha256": lfs["oid"], "size": lfs["size"], "pointerSize": lfs["pointerSize"]}
             siblings.append(sibling)
-        return _json(200, {"id": repo.id, "author": repo.id.split("/")[0], "sha": commit.sha, "private": repo.private,
-                           "gated": False, "disabled": False, "lastModified": _iso(commit.date),
-                           "createdAt": _iso(repo.created), "tags": [], "downloads": 0, "likes": 0,
-                           "siblings": siblings})
+        return _json(
+            200,
+            {
+                "id": repo.id,
+                "author": repo.id.split("/")[0],
+                "sha": commit.sha,
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "lastModified": _iso(commit.date),
+                "createdAt": _iso(repo.created),
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "siblings": siblings,
+            },
+        )
 
     def _entry(self, commit: Commit, path: str) -> dict[str, Any]:
         data = commit.files[path]
         if path not in commit.lfs:
             return {"type": "file", "path": path, "size": len(data), "oid": git_sha1(data)}
         pointer = lfs_pointer(data)
-        return {"type": "file", "path": path, "size": len(data), "oid": git_sha1(pointer),
-                "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": len(pointer)}}
+        return {
+            "type": "file",
+            "path": path,
+            "size": len(data),
+            "oid": git_sha1(pointer),
+            "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": len(pointer)},
+        }
 
     def _tree(self, commit: Commit, prefix: str, recursive: bool) -> Response:
         base = f"{prefix}/" if prefix else ""
         entries: dict[str, dict[str, Any]] = {}
         for path in (p for p in commit.files if p.startswith(base)):
-            parts = path[len(base):].split("/")
+            parts = path[len(base) :].split("/")
             depth = len(parts) if recursive else 1
             for i in range(1, min(depth, len(parts) - 1) + 1):  # the directories on the way
                 folder = base + "/".join(parts[:i])
@@ -398,8 +447,9 @@ class HubServer:
             headers.update({"X-Linked-Etag": f'"{entry["lfs"]["oid"]}"', "X-Linked-Size": str(len(data))})
         return 200, headers, data
 
-    def _lfs(self, method: str, repo_type: str, repo_id: str, action: str, query: dict[str, list[str]],
-             body: bytes, headers: Any) -> Response:
+    def _lfs(
+        self, method: str, repo_type: str, repo_id: str, action: str, query: dict[str, list[str]], body: bytes, headers: Any
+    ) -> Response:
         if method == "PUT" and len(action) == 64:  # "presigned" upload: the signature stands in for the token
             repo = self._repo(repo_type, repo_id, True)
             size, sig = repo.pending.get(action, (-1, ""))
@@ -497,17 +547,30 @@ def patch_clients(monkeypatch: Any, server: HubServer, home: str | Path, token: 
     from huggingface_hub import constants, hf_api
 
     home = Path(home)
-    env = {"HF_ENDPOINT": server.url, "HF_TOKEN": token or server.token, "HF_HUB_DISABLE_XET": "1",
-           "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        "HF_ENDPOINT": server.url,
+        "HF_TOKEN": token or server.token,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(key, raising=False)
     for key, value in {
-        "ENDPOINT": server.url, "HUGGINGFACE_CO_URL_TEMPLATE": server.url + "/{repo_id}/resolve/{revision}/{filename}",
-        "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_XET": True, "HF_HUB_DISABLE_TELEMETRY": True, "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"), "HF_ASSETS_CACHE": str(home / "assets"), "HF_XET_CACHE": str(home / "xet"),
-        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "ENDPOINT": server.url,
+        "HUGGINGFACE_CO_URL_TEMPLATE": server.url + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_XET": True,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
         "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
     }.items():
         monkeypatch.setattr(constants, key, value)

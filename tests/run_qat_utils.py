@@ -38,7 +38,16 @@ def tiny_text_model(path: Path, arch: str = "bert"):
     if arch == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64))
     else:
-        model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=len(tok),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+            )
+        )
     model.save_pretrained(path)
     return path
 
@@ -50,10 +59,30 @@ def write_jsonl(path: Path, rows):
 
 def common(out):
     return [
-        "--output_dir", str(out), "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--max_seq_length", "16",
-        "--num_calibration_samples", "16", "--save_strategy", "no", "--report_to", "none", "--latency_runs", "2",
-        "--disable_tqdm", "true", "--use_cpu", "true",
+        "--output_dir",
+        str(out),
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--max_seq_length",
+        "16",
+        "--num_calibration_samples",
+        "16",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--latency_runs",
+        "2",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
     ]
 
 
@@ -68,7 +97,15 @@ def sentences(n, seed=0):
 
 
 def check_outputs(out: Path, results: dict):
-    for name in ("model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md", "qat_results.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "compression_state.json",
+        "nncf_config.json",
+        "model.onnx",
+        "README.md",
+        "qat_results.json",
+    ):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "hf_qat"

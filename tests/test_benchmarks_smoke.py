@@ -33,8 +33,23 @@ def test_suite_smoke(tmp_path):
     _write_tsv(data / "train.tsv", 64, 0)
     _write_tsv(data / "test.tsv", 24, 1)
     out, plot, work = tmp_path / "BENCHMARKS.md", tmp_path / "plot.png", tmp_path / "work"
-    main(["--preset", "smoke", "--output", str(out), "--plot", str(plot), "--work_dir", str(work), "--data_dir", str(data),
-          "--nncf_venv", str(tmp_path / "no-venv"), "--no_nncf_setup"])
+    main(
+        [
+            "--preset",
+            "smoke",
+            "--output",
+            str(out),
+            "--plot",
+            str(plot),
+            "--work_dir",
+            str(work),
+            "--data_dir",
+            str(data),
+            "--nncf_venv",
+            str(tmp_path / "no-venv"),
+            "--no_nncf_setup",
+        ]
+    )
     text = out.read_text()
     for heading in ("## Targets", "## 1. Training cost", "## 2. Accuracy", "## 3. Inference", "## 4. Scaling"):
         assert heading in text

@@ -151,10 +151,15 @@ def test_layer_contract_and_lint():
     the core, no torch on the Keras side) and ruff's lint and format checks."""
     lint = subprocess.run(["lint-imports"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert lint.returncode == 0 and "0 broken" in lint.stdout, lint.stdout[-3000:] + lint.stderr[-2000:]
-    ruff = subprocess.run([sys.executable, "-m", "ruff", "check", "hf_qat", "scripts", "tests"], capture_output=True, text=True, cwd=ROOT)
+    ruff = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "hf_qat", "scripts", "tests"], capture_output=True, text=True, cwd=ROOT
+    )
     assert ruff.returncode == 0, ruff.stdout[-3000:]
     fmt = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--check", "hf_qat", "scripts", "tests"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "ruff", "format", "--check", "hf_qat", "scripts", "tests"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert fmt.returncode == 0, fmt.stdout[-3000:]
 
@@ -162,9 +167,7 @@ def test_layer_contract_and_lint():
 def test_every_package_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {
-        ".".join(p.parent.relative_to(ROOT).parts)
-        for p in (ROOT / "hf_qat").rglob("__init__.py")
-        if "__pycache__" not in p.parts
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "hf_qat").rglob("__init__.py") if "__pycache__" not in p.parts
     }
     assert found | {"hf_qat.hub.templates"} == listed
 

@@ -28,7 +28,10 @@ def text_batches(n: int = 3, batch: int = 4, seq: int = SEQ, with_token_types: b
 def image_batches(n: int = 2, batch: int = 2, size: int = 32, channels: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [
-        {"pixel_values": torch.randn(batch, channels, size, size, generator=g), "labels": torch.randint(0, 3, (batch,), generator=g)}
+        {
+            "pixel_values": torch.randn(batch, channels, size, size, generator=g),
+            "labels": torch.randint(0, 3, (batch,), generator=g),
+        }
         for _ in range(n)
     ]
 
@@ -42,8 +45,13 @@ def tiny_bert(num_layers: int = 2, **kw):
 
     torch.manual_seed(0)
     cfg = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, **kw,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **kw,
     )
     return BertForSequenceClassification(cfg).eval()
 
@@ -61,8 +69,13 @@ def tiny_roberta():
 
     torch.manual_seed(0)
     cfg = RobertaConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, pad_token_id=1,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
     )
     return RobertaForSequenceClassification(cfg).eval()
 
@@ -80,8 +93,13 @@ def tiny_vit():
 
     torch.manual_seed(0)
     cfg = ViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, num_labels=3,
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
     )
     return ViTForImageClassification(cfg).eval()
 

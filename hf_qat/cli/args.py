@@ -67,7 +67,9 @@ class ModelArguments:
     )
     task: str = field(
         default="text-classification",
-        metadata={"help": "text-classification, token-classification, image-classification or causal-lm (tf: the first and third)"},
+        metadata={
+            "help": "text-classification, token-classification, image-classification or causal-lm (tf: the first and third)"
+        },
     )
     max_seq_length: int = field(default=128, metadata={"help": "Token sequence length (truncation; block size for causal-lm)."})
     finetune_fp32_epochs: float = field(
@@ -92,7 +94,9 @@ class DataArguments:
     validation_split_percentage: int = field(
         default=10, metadata={"help": "Without a validation split: the share of train held out for evaluation."}
     )
-    text_column: str | None = field(default=None, metadata={"help": "Text column(s), comma-separated for pairs (default: detected)."})
+    text_column: str | None = field(
+        default=None, metadata={"help": "Text column(s), comma-separated for pairs (default: detected)."}
+    )
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: label/labels/ner_tags)."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: image/img)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})

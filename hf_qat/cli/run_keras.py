@@ -64,24 +64,16 @@ def run(
     check_task(model_args)
     fp32_epochs = int(model_args.finetune_fp32_epochs)
     if builtin:
-        logger.info(
-            "run_qat_tf: no --model_name given: all-MiniLM-L6-v2 (keras-hub, TensorFlow) on hf_qat's built-in reviews."
-        )
+        logger.info("run_qat_tf: no --model_name given: all-MiniLM-L6-v2 (keras-hub, TensorFlow) on hf_qat's built-in reviews.")
     check_push(run_args.push_to_hub, qat_args.hub_token)
     keras.utils.set_random_seed(qat_args.seed)
     splits = load_data(data_args, qat_args.seed)
     labels_probe = sorted(
-        {
-            v
-            for s in splits.values()
-            for v in s[_columns(splits["train"], data_args, model_args.task)[1]]
-        },
+        {v for s in splits.values() for v in s[_columns(splits["train"], data_args, model_args.task)[1]]},
         key=str,
     )
     model = load_task_model(model_args, len(labels_probe))
-    train_ds, eval_ds, label_names = make_datasets(
-        splits, model, model_args, data_args, run_args
-    )
+    train_ds, eval_ds, label_names = make_datasets(splits, model, model_args, data_args, run_args)
     out = Path(qat_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -98,9 +90,7 @@ def run(
             fp32_epochs,
         )
         model.fit(train_ds, epochs=fp32_epochs, verbose=2)
-    fp32_accuracy = float(
-        model.evaluate(eval_ds, return_dict=True, verbose=0)["accuracy"]
-    )
+    fp32_accuracy = float(model.evaluate(eval_ds, return_dict=True, verbose=0)["accuracy"])
     sizes, latency = {}, {}
     if not model_args.skip_export:
         sizes["fp32"] = export_float_onnx(model, out / "fp32" / ONNX_NAME)
@@ -108,9 +98,7 @@ def run(
     # -- QAT ---------------------------------------------------------------------------------
     if model_args.skip_export:
         qat_args.export_formats = "frozen_graph"
-    trainer = KerasQATTrainer(
-        model, qat_args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss
-    )
+    trainer = KerasQATTrainer(model, qat_args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss)
     trainer.train()
     int8_accuracy = trainer.evaluate()["eval_accuracy"]
     exports = trainer.export()
@@ -118,10 +106,7 @@ def run(
     if not model_args.skip_export:
         onnx_metrics = trainer.evaluate_onnx()
         sizes["int8"] = os.path.getsize(out / "model.onnx")
-        feed = {
-            k: v[:1]
-            for k, v in feed_arrays(trainer.model, next(iter(eval_ds))[0]).items()
-        }
+        feed = {k: v[:1] for k, v in feed_arrays(trainer.model, next(iter(eval_ds))[0]).items()}
         latency = onnx_latency(
             {"fp32": str(out / "fp32" / "model.onnx"), "int8": str(out / "model.onnx")},
             feed,
@@ -151,9 +136,7 @@ def run(
         "eval_samples": len(splits["validation"]),
         "wall_time_s": time.perf_counter() - started,
     }
-    atomic_write_text(
-        out / RESULTS_NAME, json.dumps(results, indent=2, default=float)
-    )
+    atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
     base_model = BUILTIN_HUB_ID if builtin else model_args.model_name
     write_model_card(
         out,
@@ -171,26 +154,18 @@ def run(
     )
     print("\n".join(lines))
     if run_args.push_to_hub:
-        info = trainer.push_to_hub(
-            results=results, base_model=base_model, dataset=data_args.dataset_name
-        )
+        info = trainer.push_to_hub(results=results, base_model=base_model, dataset=data_args.dataset_name)
         print(f"Pushed to {getattr(info, 'commit_url', None) or qat_args.hub_model_id}")
     return results
 
 
 def _columns(split, data_args: DataArguments, task: str) -> tuple[str, str]:
     names = split.column_names
-    label = data_args.label_column or next(
-        (c for c in ("label", "labels") if c in names), None
-    )
+    label = data_args.label_column or next((c for c in ("label", "labels") if c in names), None)
     if task == "image-classification":
-        feature = data_args.image_column or next(
-            (c for c in ("image", "img") if c in names), None
-        )
+        feature = data_args.image_column or next((c for c in ("image", "img") if c in names), None)
     else:
-        feature = data_args.text_column or next(
-            (c for c in ("text", "sentence", "review") if c in names), None
-        )
+        feature = data_args.text_column or next((c for c in ("text", "sentence", "review") if c in names), None)
     if feature is None or label is None or feature not in names or label not in names:
         raise RunError(
             f"Cannot find the {'image' if task == 'image-classification' else 'text'} and label columns: the data has "
@@ -226,29 +201,17 @@ def make_datasets(splits, model, model_args, data_args, run_args):
         pre.sequence_length = model_args.max_seq_length
 
     def build(split, batch):
-        if (
-            model_args.task == "image-classification"
-            and len(split)
-            and isinstance(split[0][feature], str)
-        ):
+        if model_args.task == "image-classification" and len(split) and isinstance(split[0][feature], str):
             import datasets
 
-            split = split.cast_column(
-                feature, datasets.Image()
-            )  # file paths in csv/json data
+            split = split.cast_column(feature, datasets.Image())  # file paths in csv/json data
         y = np.asarray([index[v] for v in split[label]], np.int32)
         if model_args.task == "image-classification":
-            x = np.stack(
-                [np.asarray(img.convert("RGB"), np.float32) for img in split[feature]]
-            )
+            x = np.stack([np.asarray(img.convert("RGB"), np.float32) for img in split[feature]])
         else:
             x = np.asarray([str(t) for t in split[feature]])
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
-        return (
-            ds.map(lambda a, b: (pre(a), b), num_parallel_calls=tf.data.AUTOTUNE)
-            .cache()
-            .prefetch(2)
-        )
+        return ds.map(lambda a, b: (pre(a), b), num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(2)
 
     train = build(splits["train"], run_args.per_device_train_batch_size)
     evaluation = build(splits["validation"], run_args.per_device_eval_batch_size)

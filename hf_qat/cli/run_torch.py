@@ -73,14 +73,25 @@ def run(
     # -- FP32 -------------------------------------------------------------------------------
     fp32_dir = out / "fp32"
     fp32_args = TrainingArguments(
-        output_dir=str(fp32_dir), num_train_epochs=max(model_args.finetune_fp32_epochs, 0.0) or 1.0,
-        learning_rate=model_args.finetune_fp32_learning_rate, per_device_train_batch_size=training_args.per_device_train_batch_size,
-        per_device_eval_batch_size=training_args.per_device_eval_batch_size, save_strategy="no", report_to=[], seed=training_args.seed,
-        use_cpu=training_args.use_cpu, logging_steps=training_args.logging_steps, disable_tqdm=training_args.disable_tqdm,
+        output_dir=str(fp32_dir),
+        num_train_epochs=max(model_args.finetune_fp32_epochs, 0.0) or 1.0,
+        learning_rate=model_args.finetune_fp32_learning_rate,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        per_device_eval_batch_size=training_args.per_device_eval_batch_size,
+        save_strategy="no",
+        report_to=[],
+        seed=training_args.seed,
+        use_cpu=training_args.use_cpu,
+        logging_steps=training_args.logging_steps,
+        disable_tqdm=training_args.disable_tqdm,
     )
     fp32_trainer = Trainer(
-        model=model, args=fp32_args, train_dataset=processed["train"], eval_dataset=processed["validation"],
-        data_collator=collator, compute_metrics=compute_metrics,
+        model=model,
+        args=fp32_args,
+        train_dataset=processed["train"],
+        eval_dataset=processed["validation"],
+        data_collator=collator,
+        compute_metrics=compute_metrics,
     )
     if model_args.finetune_fp32_epochs > 0:
         logger.info("run_qat: fine-tuning the FP32 model for %s epoch(s)", model_args.finetune_fp32_epochs)
@@ -91,8 +102,13 @@ def run(
     # -- QAT ---------------------------------------------------------------------------------
     training_args.export_onnx = not model_args.skip_export
     trainer = QATTrainer(
-        model=model, args=training_args, train_dataset=processed["train"], eval_dataset=processed["validation"],
-        data_collator=collator, compute_metrics=compute_metrics, processing_class=processor,
+        model=model,
+        args=training_args,
+        train_dataset=processed["train"],
+        eval_dataset=processed["validation"],
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        processing_class=processor,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     int8_metrics = trainer.evaluate(metric_key_prefix="int8")
@@ -108,7 +124,9 @@ def run(
         fp32_onnx = export_onnx(fp32_model, fp32_dir / ONNX_NAME, example)
         sizes = {"fp32": fp32_onnx.file_size, "int8": trainer.onnx_result.file_size}
         feed = {k: _pad_to(v[:1].cpu(), model_args.max_seq_length).numpy() for k, v in example.items()}
-        latency = onnx_latency({"fp32": str(fp32_onnx.path), "int8": str(trainer.onnx_result.path)}, feed, model_args.latency_runs)
+        latency = onnx_latency(
+            {"fp32": str(fp32_onnx.path), "int8": str(trainer.onnx_result.path)}, feed, model_args.latency_runs
+        )
 
     metric = task.main_metric
     if metric == "perplexity":
@@ -137,7 +155,10 @@ def run(
         "onnx_metrics": onnx_metrics,
         "onnx_file_size": sizes,
         "onnx_latency_batch1_s": latency,
-        "quantizers": {"weights": len(trainer.compression_ctrl.weight_quantizers), "activations": len(trainer.compression_ctrl.activation_quantizers)},
+        "quantizers": {
+            "weights": len(trainer.compression_ctrl.weight_quantizers),
+            "activations": len(trainer.compression_ctrl.activation_quantizers),
+        },
         "world_size": training_args.world_size,
         "train_samples": len(processed["train"]),
         "eval_samples": len(processed["validation"]),
@@ -148,8 +169,10 @@ def run(
     write_model_card(out, trainer.compression_ctrl, results, base_model=base_model, dataset=data_args.dataset_name)
 
     lines = summary_table(task.name, metric, values, sizes, latency, "PyTorch", model_args.max_seq_length)
-    lines.append(f"\nSaved to {out} ({results['wall_time_s']:.0f} s): model.safetensors, compression_state.json, "
-                 f"nncf_config.json{', model.onnx' if sizes else ''}, README.md, qat_results.json")
+    lines.append(
+        f"\nSaved to {out} ({results['wall_time_s']:.0f} s): model.safetensors, compression_state.json, "
+        f"nncf_config.json{', model.onnx' if sizes else ''}, README.md, qat_results.json"
+    )
     print("\n".join(lines))
     if training_args.push_to_hub:
         info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
@@ -181,7 +204,9 @@ def load_model(model_name: str, task_obj, label_info: dict, processor):
     try:
         config = AutoConfig.from_pretrained(model_name, **({k: v for k, v in label_info.items()} if label_info else {}))
     except OSError as e:
-        raise RunError(f"Cannot load {model_name!r}: not a local model directory and the hub could not be reached ({e.__class__.__name__}).") from None
+        raise RunError(
+            f"Cannot load {model_name!r}: not a local model directory and the hub could not be reached ({e.__class__.__name__})."
+        ) from None
     if label_info:
         config.label2id = {v: k for k, v in label_info["id2label"].items()}
     if getattr(config, "pad_token_id", None) is None and getattr(processor, "pad_token_id", None) is not None:

@@ -123,9 +123,9 @@ class QuantizationSettings:
         init = algo.get("initializer", {})
         raw_range = init.get("range", {})
         per_layer = isinstance(raw_range, list)
-        range_init = [RangeInitSettings.from_dict(r) for r in raw_range] if per_layer else [
-            RangeInitSettings.from_dict(raw_range)
-        ]
+        range_init = (
+            [RangeInitSettings.from_dict(r) for r in raw_range] if per_layer else [RangeInitSettings.from_dict(raw_range)]
+        )
         params = algo.get("params")
         overflow_fix = algo.get("overflow_fix", "enable") if device in _OVERFLOW_FIX_DEVICES else "disable"
         return cls(

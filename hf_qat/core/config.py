@@ -205,7 +205,9 @@ def _check_input_info(config: dict) -> None:
         if size > MAX_INPUT_ELEMENTS:
             p = ("input_info",) + ((i,) if isinstance(info, list) else ()) + ("sample_size",)
             raise ConfigError(
-                json_path(p), entry["sample_size"], f"a shape of at most {MAX_INPUT_ELEMENTS} elements",
+                json_path(p),
+                entry["sample_size"],
+                f"a shape of at most {MAX_INPUT_ELEMENTS} elements",
                 detail=f"It has {size} elements; example inputs of that size are allocated for tracing.",
             )
 
@@ -286,7 +288,9 @@ class NNCFConfig(dict):
         try:
             data = loads_json(raw, source=path, max_bytes=MAX_CONFIG_BYTES, strict=True)
         except JSONFileError as e:
-            raise ConfigError("$", f"<{path}>", "a JSON file holding an NNCF config", e.reason[0].upper() + e.reason[1:] + ".") from None
+            raise ConfigError(
+                "$", f"<{path}>", "a JSON file holding an NNCF config", e.reason[0].upper() + e.reason[1:] + "."
+            ) from None
         return cls.from_dict(data)
 
     def to_json(self, path: str | os.PathLike) -> None:

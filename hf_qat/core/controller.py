@@ -37,7 +37,9 @@ class QuantizationControllerBase:
         config: the NNCF config.
     """
 
-    def __init__(self, model: Any, setup: QuantizerSetup, quantizers: dict[str, Any], settings: QuantizationSettings, config: Any):
+    def __init__(
+        self, model: Any, setup: QuantizerSetup, quantizers: dict[str, Any], settings: QuantizationSettings, config: Any
+    ):
         self._model = model
         self.setup = setup
         self.quantizers = quantizers

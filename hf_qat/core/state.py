@@ -63,7 +63,12 @@ _QSPEC = {
         "signedness_to_force": {"type": ["boolean", "null"]},
         "narrow_range": {"type": "boolean"},
         "half_range": {"type": "boolean"},
-        "scale_shape": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 2**31}, "minItems": 1, "maxItems": 8},
+        "scale_shape": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": 2**31},
+            "minItems": 1,
+            "maxItems": 8,
+        },
         "logarithm_scale": {"type": "boolean"},
         "is_quantized_on_export": {"type": "boolean"},
         "compression_lr_multiplier": {"anyOf": [{"type": "null"}, {"type": "number", "exclusiveMinimum": 0}]},
@@ -310,8 +315,7 @@ def parse_compression_state(state: Any) -> tuple[QuantizerSetup, dict[str, Any]]
     if not isinstance(builder, dict) or ALGO_NAME not in builder:
         found = sorted(builder) if isinstance(builder, dict) else type(builder).__name__
         raise CompressionStateError(
-            f"compression_state['builder_state'] has no {ALGO_NAME!r} entry (found {found}); "
-            "hf_qat restores quantization only."
+            f"compression_state['builder_state'] has no {ALGO_NAME!r} entry (found {found}); hf_qat restores quantization only."
         )
     version = builder[ALGO_NAME].get("version", 1) if isinstance(builder[ALGO_NAME], dict) else None
     if version == SETUP_VERSION:  # older layouts get the version message from QuantizerSetup.from_state

@@ -69,7 +69,12 @@ def render_model_card(
     metric = results["metric"]
     values = results["values"]
     # a hub id ("org/name" or "name") rather than a local folder or a bare class name
-    base_is_hub_id = bool(base_model) and not os.path.exists(base_model) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", base_model) is not None and "/" in base_model
+    base_is_hub_id = (
+        bool(base_model)
+        and not os.path.exists(base_model)
+        and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", base_model) is not None
+        and "/" in base_model
+    )
     base_model = base_model or "a model built from its config"
     repo_id = repo_id or f"<user>/{Path(base_model).name}-hf-qat-int8"
     eval_results = []
@@ -77,8 +82,12 @@ def render_model_card(
         if values.get(key) is not None:
             eval_results.append(
                 EvalResult(
-                    task_type=_PIPELINE_TAGS.get(task, task), dataset_type=dataset or "custom", dataset_name=dataset or "custom",
-                    metric_type=metric, metric_name=f"{metric} ({name})", metric_value=float(values[key]),
+                    task_type=_PIPELINE_TAGS.get(task, task),
+                    dataset_type=dataset or "custom",
+                    dataset_name=dataset or "custom",
+                    metric_type=metric,
+                    metric_name=f"{metric} ({name})",
+                    metric_value=float(values[key]),
                 )
             )
     card_data = ModelCardData(

@@ -52,6 +52,7 @@ _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _sleep = time.sleep  # tests replace it to record the waits
 _UNKNOWN = "<unknown>"
 
+
 def push_qat_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -113,8 +114,15 @@ def push_qat_folder(
                 if attempt == attempts or not is_transient(e):
                     break
                 wait = BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)]
-                logger.warning("hf_qat: push to %s failed (%s: %s); attempt %d of %d in %.0f s", repo_id,
-                               type(e).__name__, e, attempt + 1, attempts, wait)
+                logger.warning(
+                    "hf_qat: push to %s failed (%s: %s); attempt %d of %d in %.0f s",
+                    repo_id,
+                    type(e).__name__,
+                    e,
+                    attempt + 1,
+                    attempts,
+                    wait,
+                )
                 waits.append(wait)
                 _sleep(wait)
         outcome = _describe_outcome(api, repo_id, revision, head_before)
@@ -200,17 +208,22 @@ def _describe_outcome(api: Any, repo_id: str, revision: str | None, before: str 
     try:
         after = _head(api, repo_id, revision)
     except Exception as e:  # noqa: BLE001 - the hub is unreachable: say so, the push error is what matters
-        return (f"Whether {repo_id}@{branch} changed could not be checked ({type(e).__name__}); a push is a single "
-                "commit, so it holds either all of this push or none of it.")
+        return (
+            f"Whether {repo_id}@{branch} changed could not be checked ({type(e).__name__}); a push is a single "
+            "commit, so it holds either all of this push or none of it."
+        )
     if before == _UNKNOWN:
-        return (f"{repo_id}@{branch} is now at {after[:12] if after else 'no commit'}; its head before the push could not "
-                "be read, so whether it changed is unknown. A push is a single commit: the repo holds all of it or none.")
+        return (
+            f"{repo_id}@{branch} is now at {after[:12] if after else 'no commit'}; its head before the push could not "
+            "be read, so whether it changed is unknown. A push is a single commit: the repo holds all of it or none."
+        )
     if after == before:
         where = f"its head is still {before[:12]}" if before else "it holds no commit of this push"
-        return (f"{repo_id}@{branch} is unchanged ({where}); uploaded large files may remain stored but "
-                "unreferenced.")
-    return (f"{repo_id}@{branch} moved from {before[:12] if before else 'nothing'} to {after[:12] if after else 'nothing'} "
-            "during the push: the commit may have landed whole; check the repo before pushing again.")
+        return f"{repo_id}@{branch} is unchanged ({where}); uploaded large files may remain stored but unreferenced."
+    return (
+        f"{repo_id}@{branch} moved from {before[:12] if before else 'nothing'} to {after[:12] if after else 'nothing'} "
+        "during the push: the commit may have landed whole; check the repo before pushing again."
+    )
 
 
 def check_push_access(api: Any, repo_id: str) -> str:

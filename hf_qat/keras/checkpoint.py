@@ -43,23 +43,15 @@ class CompressionState(tf.train.experimental.PythonState):
 
     def serialize(self) -> str:
         if self._ctrl is None:
-            raise CompressionStateError(
-                "CompressionState() without a controller has nothing to save."
-            )
+            raise CompressionStateError("CompressionState() without a controller has nothing to save.")
         return json.dumps(self._ctrl.get_compression_state())
 
     def deserialize(self, string_value: Any) -> None:
-        text = (
-            string_value.decode()
-            if isinstance(string_value, bytes)
-            else str(string_value)
-        )
+        text = string_value.decode() if isinstance(string_value, bytes) else str(string_value)
         try:
             self.state = json.loads(text)
         except json.JSONDecodeError as e:
-            raise CompressionStateError(
-                f"the checkpoint's compression state is not valid JSON: {e}"
-            ) from e
+            raise CompressionStateError(f"the checkpoint's compression state is not valid JSON: {e}") from e
         parse_compression_state(self.state)
         if self._ctrl is not None:
             self._ctrl.load_state(self.state)
@@ -74,9 +66,7 @@ def load_compression_state(checkpoint_path: str) -> dict[str, Any]:
     try:
         reader = tf.train.load_checkpoint(checkpoint_path)
     except (tf.errors.NotFoundError, ValueError) as e:
-        raise CompressionStateError(
-            f"cannot open checkpoint {checkpoint_path!r}: {e}"
-        ) from e
+        raise CompressionStateError(f"cannot open checkpoint {checkpoint_path!r}: {e}") from e
     keys = [k for k in reader.get_variable_to_shape_map() if k.startswith(f"{_KEY}/")]
     if not keys:
         raise CompressionStateError(

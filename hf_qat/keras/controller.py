@@ -96,13 +96,8 @@ class KerasQuantizationController(QuantizationControllerBase):
                 if name not in arrays:
                     problems.append(f"{name}: missing")
                 elif tuple(np.shape(arrays[name])) != tuple(var.shape):
-                    problems.append(
-                        f"{name}: shape {list(np.shape(arrays[name]))}, expected {list(var.shape)}"
-                    )
-        extra = sorted(
-            set(arrays)
-            - {f"{q.id}/{k}" for q in self.quantizers.values() for k in q.variables}
-        )
+                    problems.append(f"{name}: shape {list(np.shape(arrays[name]))}, expected {list(var.shape)}")
+        extra = sorted(set(arrays) - {f"{q.id}/{k}" for q in self.quantizers.values() for k in q.variables})
         problems += [f"{name}: not a quantizer of this model" for name in extra[:5]]
         if problems:
             raise CompressionStateError(
@@ -125,9 +120,7 @@ class KerasQuantizationController(QuantizationControllerBase):
         strategy = tf.distribute.get_strategy()
         for q in self.quantizers.values():
             for var in q.variables.values():
-                if not strategy.extended.variable_created_in_scope(
-                    getattr(var, "_value", var)
-                ):
+                if not strategy.extended.variable_created_in_scope(getattr(var, "_value", var)):
                     raise DistributedError(
                         f"Quantizer variable {q.id}/{var.name} was created outside the active strategy's scope: build "
                         "and compress the model inside `with strategy.scope():`."

@@ -110,15 +110,11 @@ def _freeze(ctrl: Any, input_names: list[str] | None, mode: str = "graph"):
 
 
 def _count_ops(graph_def: Any, prefix: str) -> int:
-    nodes = list(graph_def.node) + [
-        n for f in graph_def.library.function for n in f.node_def
-    ]
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
     return sum(n.op.startswith(prefix) for n in nodes)
 
 
-def export_frozen_graph(
-    ctrl: Any, path: str, input_names: list[str] | None = None
-) -> KerasExportResult:
+def export_frozen_graph(ctrl: Any, path: str, input_names: list[str] | None = None) -> KerasExportResult:
     frozen, _specs, names = _freeze(ctrl, input_names)
     graph_def = frozen.graph.as_graph_def()
     with atomic_path(path, "frozen graph") as tmp, open(tmp, "wb") as f:
@@ -140,9 +136,7 @@ class _Servable(tf.Module):
         self.serve = fn
 
 
-def export_saved_model(
-    ctrl: Any, path: str, input_names: list[str] | None = None
-) -> KerasExportResult:
+def export_saved_model(ctrl: Any, path: str, input_names: list[str] | None = None) -> KerasExportResult:
     specs, names, takes_dict = signature(ctrl.model, input_names)
     fn = tf.function(
         inference_fn(ctrl.model, names, takes_dict),
@@ -205,13 +199,9 @@ def export_onnx_model(
     ids = [q.id for q in ctrl.activation_quantizers.values()]
     frozen, specs, names = _freeze(ctrl, input_names, mode="onnx")
     try:
-        model_proto, _ = tf2onnx.convert.from_function(
-            tf.function(frozen), input_signature=specs, opset=opset, output_path=None
-        )
+        model_proto, _ = tf2onnx.convert.from_function(tf.function(frozen), input_signature=specs, opset=opset, output_path=None)
     except Exception as e:
-        raise ExportError(
-            f"tf2onnx could not convert the model: {type(e).__name__}: {e}"
-        ) from e
+        raise ExportError(f"tf2onnx could not convert the model: {type(e).__name__}: {e}") from e
     replace_erfc(model_proto)
     set_quantizer_grids(model_proto, [q.grid() for q in ctrl.activation_quantizers.values()])
     num_folded = fold_weight_quantize_linear(model_proto)
@@ -224,18 +214,14 @@ def export_onnx_model(
         "onnx",
         names,
         outputs,
-        num_quantize_linear=sum(
-            n.op_type == "QuantizeLinear" for n in model_proto.graph.node
-        ),
+        num_quantize_linear=sum(n.op_type == "QuantizeLinear" for n in model_proto.graph.node),
         num_int8_weights=num_folded,
     )
     if verify:
         result.verification = verify_keras_onnx(ctrl, path)
         failed = [r for r in result.verification if not r.ok]
         if failed:
-            raise ExportError(
-                "The exported ONNX file does not match the Keras model:\n" + "\n".join(str(r) for r in failed)
-            )
+            raise ExportError("The exported ONNX file does not match the Keras model:\n" + "\n".join(str(r) for r in failed))
     return result
 
 
@@ -269,15 +255,9 @@ def export_keras(
     verify: bool = True,
 ) -> KerasExportResult:
     """Export a compressed Keras model; see the module docstring for the formats."""
-    fmt, _, opset = (
-        save_format.partition("_")
-        if save_format.startswith("onnx")
-        else (save_format, "", "")
-    )
+    fmt, _, opset = save_format.partition("_") if save_format.startswith("onnx") else (save_format, "", "")
     if fmt not in FORMATS:
-        raise ValueError(
-            f"save_format must be one of {FORMATS} or 'onnx_<opset>', got {save_format!r}"
-        )
+        raise ValueError(f"save_format must be one of {FORMATS} or 'onnx_<opset>', got {save_format!r}")
     if output_names is not None:
         logger.info(
             "hf_qat: output_names are taken from the model's outputs for Keras exports; ignoring %s",
@@ -287,6 +267,4 @@ def export_keras(
         return export_frozen_graph(ctrl, save_path, input_names)
     if fmt == "saved_model":
         return export_saved_model(ctrl, save_path, input_names)
-    return export_onnx_model(
-        ctrl, save_path, int(opset) if opset else DEFAULT_OPSET, input_names, verify
-    )
+    return export_onnx_model(ctrl, save_path, int(opset) if opset else DEFAULT_OPSET, input_names, verify)

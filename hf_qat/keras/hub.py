@@ -76,12 +76,8 @@ def save_keras_qat_model(model: Any, ctrl: Any, output_dir: str | os.PathLike) -
         output_dir / COMPRESSION_STATE_NAME,
         json.dumps(ctrl.get_compression_state(), indent=2),
     )
-    atomic_write_text(
-        output_dir / NNCF_CONFIG_NAME, json.dumps(dict(ctrl.config), indent=2)
-    )
-    arrays = {
-        k: np.array(v, dtype=np.float32) for k, v in ctrl.quantizer_arrays().items()
-    }  # keeps 0-d shapes
+    atomic_write_text(output_dir / NNCF_CONFIG_NAME, json.dumps(dict(ctrl.config), indent=2))
+    arrays = {k: np.array(v, dtype=np.float32) for k, v in ctrl.quantizer_arrays().items()}  # keeps 0-d shapes
     with atomic_path(output_dir / QUANTIZERS_FILE, "quantizer file") as tmp:
         save_file(
             arrays,
@@ -94,9 +90,7 @@ def save_keras_qat_model(model: Any, ctrl: Any, output_dir: str | os.PathLike) -
     return output_dir
 
 
-def _local_folder(
-    source: str | os.PathLike, revision: str | None = None, token: str | None = None
-) -> Path:
+def _local_folder(source: str | os.PathLike, revision: str | None = None, token: str | None = None) -> Path:
     source = str(source)
     if not source.startswith(HF_PREFIX):
         return Path(source)
@@ -131,17 +125,13 @@ def restore_quantizers(
     config = NNCFConfig.from_dict(_read_json(folder / NNCF_CONFIG_NAME))
     quantizers_path = folder / QUANTIZERS_FILE
     if not quantizers_path.is_file():
-        raise FileNotFoundError(
-            f"{quantizers_path} is missing: the folder is not a saved hf_qat Keras model"
-        )
+        raise FileNotFoundError(f"{quantizers_path} is missing: the folder is not a saved hf_qat Keras model")
     ctrl, model = create_compressed_model(model, config, compression_state=state)
     ctrl.load_quantizer_arrays(load_file(str(quantizers_path)))
     return ctrl, model
 
 
-def from_pretrained(
-    source: str | os.PathLike, revision: str | None = None, token: str | None = None
-):
+def from_pretrained(source: str | os.PathLike, revision: str | None = None, token: str | None = None):
     """Load a saved Keras QAT model (folder or ``"hf://<repo id>"``) and restore its quantizers.
 
     keras-hub presets are built with the class named in ``task.json`` (or ``config.json``) through
@@ -154,22 +144,15 @@ def from_pretrained(
     if (folder / "metadata.json").is_file():
         import keras_hub
 
-        spec = _read_json(
-            folder
-            / ("task.json" if (folder / "task.json").is_file() else "config.json")
-        )
+        spec = _read_json(folder / ("task.json" if (folder / "task.json").is_file() else "config.json"))
         cls = getattr(keras_hub.models, spec.get("class_name", ""), None)
         if cls is None:
-            raise ValueError(
-                f"{folder}: keras-hub has no model class {spec.get('class_name')!r}"
-            )
+            raise ValueError(f"{folder}: keras-hub has no model class {spec.get('class_name')!r}")
         model = cls.from_preset(str(folder))
     elif (folder / "model.keras").is_file():
         model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
     else:
-        raise FileNotFoundError(
-            f"{folder} holds neither a keras-hub preset (metadata.json) nor model.keras"
-        )
+        raise FileNotFoundError(f"{folder} holds neither a keras-hub preset (metadata.json) nor model.keras")
     return restore_quantizers(model, folder)
 
 

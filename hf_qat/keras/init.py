@@ -46,9 +46,7 @@ class KerasRangeInitArgs:
         return "quantization_range_init_args"
 
 
-def register_default_init_args(
-    nncf_config: Any, dataset: Iterable, batch_size: int | None = None
-) -> Any:
+def register_default_init_args(nncf_config: Any, dataset: Iterable, batch_size: int | None = None) -> Any:
     """Register ``dataset`` as calibration data for range initialisation (NNCF-TF's signature).
 
     ``batch_size`` batches an unbatched ``tf.data.Dataset`` (NNCF-TF batched it the same way).
@@ -77,9 +75,7 @@ def split_features(element: Any) -> Any:
 
 def describe_structure(element: Any) -> str:
     spec = tf.nest.map_structure(
-        lambda t: (
-            f"{getattr(t, 'dtype', type(t).__name__)!s}{list(getattr(t, 'shape', []))}"
-        ),
+        lambda t: f"{getattr(t, 'dtype', type(t).__name__)!s}{list(getattr(t, 'shape', []))}",
         element,
     )
     return str(spec)
@@ -163,9 +159,7 @@ def run_range_init(
             min_percentile=r.min_percentile,
             max_percentile=r.max_percentile,
         )
-        q.collect_weight(
-            np.asarray(getattr(q.host, q.host_weight_attr).numpy()), collector
-        )
+        q.collect_weight(np.asarray(getattr(q.host, q.host_weight_attr).numpy()), collector)
         q.init_from_collector(collector)
     if not acts or settings.num_init_samples == 0:
         return
@@ -187,17 +181,13 @@ def run_range_init(
         )
     try:
         checked = False
-        for element in iterate_samples(
-            args.dataset, settings.num_init_samples, "hf_qat range init"
-        ):
+        for element in iterate_samples(args.dataset, settings.num_init_samples, "hf_qat range init"):
             if not checked:
                 check_element(model, element)
                 checked = True
             call_model(model, split_features(element))
         if not checked:
-            raise CalibrationError(
-                "The calibration dataset is empty: it yielded no batch."
-            )
+            raise CalibrationError("The calibration dataset is empty: it yielded no batch.")
         starved = [qid for qid, q in acts.items() if not q.collector.has_data]
         if starved:
             raise CalibrationError(

@@ -106,20 +106,14 @@ def walk_layers(model: Any) -> list[LayerNode]:
 
 #: Names of variables that are added to activations rather than multiplied with them (class
 #: tokens, position tables, norms): kept in float, as the PyTorch backend keeps such parameters.
-_ADDITIVE = re.compile(
-    r"(token|position|embedding|cls|bias|gamma|beta|scale|mean|variance)", re.IGNORECASE
-)
+_ADDITIVE = re.compile(r"(token|position|embedding|cls|bias|gamma|beta|scale|mean|variance)", re.IGNORECASE)
 
 
 def _own_matrices(layer: Any) -> list[str]:
     """The layer's own (not its sublayers') rank >= 2 variables that look like weights of a product."""
     own = list(getattr(layer, "_trainable_variables", []))
     own += list(getattr(layer, "_non_trainable_variables", []))
-    return [
-        f"{v.name} {list(v.shape)}"
-        for v in own
-        if len(v.shape) >= 2 and not _ADDITIVE.search(v.name)
-    ]
+    return [f"{v.name} {list(v.shape)}" for v in own if len(v.shape) >= 2 and not _ADDITIVE.search(v.name)]
 
 
 def _fed_by_model_input(model: Any, layer: Any) -> bool:
@@ -131,9 +125,7 @@ def _fed_by_model_input(model: Any, layer: Any) -> bool:
     for node in nodes:
         for t in getattr(node, "input_tensors", []):
             history = getattr(t, "_keras_history", None)
-            if history is not None and isinstance(
-                history.operation, keras.layers.InputLayer
-            ):
+            if history is not None and isinstance(history.operation, keras.layers.InputLayer):
                 return True
     return False
 
@@ -151,12 +143,7 @@ def build_quantizer_setup(model: Any, settings: QuantizationSettings) -> Quantiz
     if settings.validate_scopes:
         validate_scopes(
             settings,
-            names
-            + [
-                f"{n.path}|INPUT0"
-                for n in nodes
-                if n.kind is not None and n.kind.quantize_input
-            ],
+            names + [f"{n.path}|INPUT0" for n in nodes if n.kind is not None and n.kind.quantize_input],
         )
     own = _own_matrices(model)
     if own and not settings.ignored_scopes:
@@ -165,7 +152,7 @@ def build_quantizer_setup(model: Any, settings: QuantizationSettings) -> Quantiz
             type(model).__name__,
             f"holds weight(s) {own} directly (a subclassed model computing with its own variables): hf_qat "
             "quantizes layers and cannot see into such a computation. Move the computation into "
-            "keras.layers.Dense/EinsumDense/Conv layers, or set \"ignored_scopes\" to accept leaving it in float.",
+            'keras.layers.Dense/EinsumDense/Conv layers, or set "ignored_scopes" to accept leaving it in float.',
         )
     points: list[QuantizationPoint] = []
     wq_potential = aq_potential = 0
@@ -201,18 +188,12 @@ def build_quantizer_setup(model: Any, settings: QuantizationSettings) -> Quantiz
             scale_shape = [1] * len(layout.shape)
             for a in layout.channel_axes:
                 scale_shape[a] = layout.shape[a]
-            spec = group_spec(
-                settings, QuantizerGroup.WEIGHTS, [node.path], tuple(scale_shape)
-            )
+            spec = group_spec(settings, QuantizerGroup.WEIGHTS, [node.path], tuple(scale_shape))
             # NNCF-TF rules: overflow fix trains 8-bit weights on 7 bits; weights are narrow-range otherwise
             is_conv = node.kind.name == "Conv"
             if spec.num_bits == 8 and (
                 settings.overflow_fix == "enable"
-                or (
-                    settings.overflow_fix == "first_layer_only"
-                    and is_conv
-                    and not first_conv_done
-                )
+                or (settings.overflow_fix == "first_layer_only" and is_conv and not first_conv_done)
             ):
                 spec.half_range = True
             first_conv_done = first_conv_done or is_conv
@@ -233,14 +214,8 @@ def build_quantizer_setup(model: Any, settings: QuantizationSettings) -> Quantiz
                 continue
             if not settings.quantize_inputs and _fed_by_model_input(model, node.layer):
                 continue
-            spec = group_spec(
-                settings, QuantizerGroup.ACTIVATIONS, [node.path, qid], None
-            )
-            points.append(
-                QuantizationPoint(
-                    TargetType.OPERATOR_PRE_HOOK, node.path, 0, spec, [node.path]
-                )
-            )
+            spec = group_spec(settings, QuantizerGroup.ACTIVATIONS, [node.path, qid], None)
+            points.append(QuantizationPoint(TargetType.OPERATOR_PRE_HOOK, node.path, 0, spec, [node.path]))
     if not points:
         raise NothingToQuantizeError(
             "no layer of the model is quantizable with this config (quantizable: Dense, EinsumDense, Conv1D/2D/3D, "
@@ -268,13 +243,9 @@ def apply_setup(model: Any, setup: QuantizerSetup) -> dict[str, KerasQuantizer]:
                 " (the compression state was made for a different architecture)"
             )
         elif node.kind is None:
-            problems.append(
-                f"point {qp.quantizer_id!r}: layer is a {type(node.layer).__name__}, which hf_qat does not quantize"
-            )
+            problems.append(f"point {qp.quantizer_id!r}: layer is a {type(node.layer).__name__}, which hf_qat does not quantize")
         elif layer_quantizers(node.layer) is not None:
-            problems.append(
-                f"point {qp.quantizer_id!r}: layer is already quantized (create_compressed_model ran twice?)"
-            )
+            problems.append(f"point {qp.quantizer_id!r}: layer is already quantized (create_compressed_model ran twice?)")
         elif qp.is_weight:
             layout = weight_layout(node.layer, node.kind)
             channels = 1
@@ -288,17 +259,14 @@ def apply_setup(model: Any, setup: QuantizerSetup) -> dict[str, KerasQuantizer]:
             else:
                 plan.setdefault(node.path, {})["weight"] = qp
         elif qp.input_port_id != 0 or not node.kind.quantize_input:
-            problems.append(
-                f"activation point {qp.quantizer_id!r}: a {node.kind.name} layer is quantized at input port 0 only"
-            )
+            problems.append(f"activation point {qp.quantizer_id!r}: a {node.kind.name} layer is quantized at input port 0 only")
         else:
             plan.setdefault(node.path, {})["input"] = qp
         if len(problems) >= 10:
             break
     if problems:
         raise CompressionStateError(
-            f"The compression state does not fit the model ({len(problems)} mismatch(es) shown):\n  - "
-            + "\n  - ".join(problems)
+            f"The compression state does not fit the model ({len(problems)} mismatch(es) shown):\n  - " + "\n  - ".join(problems)
         )
     quantizers: dict[str, KerasQuantizer] = {}
     done: list[Any] = []

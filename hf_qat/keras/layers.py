@@ -147,9 +147,7 @@ class _DenseMixin(_QuantizedLayerMixin):
 
 class _EinsumDenseMixin(_QuantizedLayerMixin):
     def call(self, inputs, training=None):
-        x = ops.einsum(
-            self.equation, _q_input(self, inputs), _q_weight(self, self.kernel)
-        )
+        x = ops.einsum(self.equation, _q_input(self, inputs), _q_weight(self, self.kernel))
         if self.bias is not None:
             x = ops.add(x, self.bias)
         return self.activation(x) if self.activation is not None else x
@@ -168,11 +166,7 @@ class _EmbeddingMixin(_QuantizedLayerMixin):
         if inputs.dtype not in ("int32", "int64"):
             inputs = ops.cast(inputs, "int32")
         q = self.__dict__["_hf_qat"].weight
-        out = (
-            ops.take(self.embeddings, inputs, axis=0)
-            if q is None
-            else q.quantize_rows(self.embeddings, inputs)
-        )
+        out = ops.take(self.embeddings, inputs, axis=0) if q is None else q.quantize_rows(self.embeddings, inputs)
         return ops.cast(out, dtype=self.compute_dtype)
 
 
@@ -235,12 +229,8 @@ def unquantize_layer(layer: Any) -> None:
     if lq is None:
         return
     ours = {id(v) for v in _own_hf_qat_variables(layer)}
-    layer._trainable_variables[:] = [
-        v for v in layer._trainable_variables if id(v) not in ours
-    ]
-    layer._non_trainable_variables[:] = [
-        v for v in layer._non_trainable_variables if id(v) not in ours
-    ]
+    layer._trainable_variables[:] = [v for v in layer._trainable_variables if id(v) not in ours]
+    layer._non_trainable_variables[:] = [v for v in layer._non_trainable_variables if id(v) not in ours]
     for q in lq.all():
         for key in q.variables:
             name = f"{q.prefix}_{key}"

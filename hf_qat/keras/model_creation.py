@@ -24,6 +24,7 @@ __all__ = ["create_compressed_model", "is_compressed"]
 
 logger = logging.getLogger(__name__)
 
+
 def is_compressed(model: Any) -> bool:
     return any(layer_quantizers(n.layer) is not None for n in walk_layers(model))
 
@@ -79,17 +80,11 @@ def create_compressed_model(
             "is not a Keras 3 model or layer; hf_qat.keras compresses keras.Model objects.",
         )
     if is_compressed(model):
-        raise ValueError(
-            "The model is already compressed by hf_qat; pass the original (float) model."
-        )
+        raise ValueError("The model is already compressed by hf_qat; pass the original (float) model.")
     setup = ctrl_state = None
     if compression_state is not None:
         setup, ctrl_state = parse_compression_state(compression_state)
-    range_args = (
-        config.get_extra_struct(KerasRangeInitArgs)
-        if config.has_extra_struct(KerasRangeInitArgs)
-        else None
-    )
+    range_args = config.get_extra_struct(KerasRangeInitArgs) if config.has_extra_struct(KerasRangeInitArgs) else None
     _ensure_built(model, config)
     if setup is None:
         setup = build_quantizer_setup(model, settings)

@@ -55,11 +55,7 @@ class WeightLayout:
 
     @property
     def num_channels(self) -> int:
-        return (
-            int(np.prod([self.shape[a] for a in self.channel_axes]))
-            if self.channel_axes
-            else 1
-        )
+        return int(np.prod([self.shape[a] for a in self.channel_axes])) if self.channel_axes else 1
 
     @property
     def perm(self) -> list[int]:
@@ -144,18 +140,12 @@ class KerasQuantizer:
         self.recorder: dict[str, np.ndarray] | None = None
         self.initialized = False
         self.warned_nonfinite = False
-        channels = (
-            layout.num_channels if (layout is not None and spec.per_channel) else None
-        )
+        channels = layout.num_channels if (layout is not None and spec.per_channel) else None
         shape = (channels,) if channels else ()
         add = host.add_weight
         if spec.symmetric:
-            self.scale = add(
-                name=f"{prefix}_scale", shape=shape, initializer="ones", trainable=True
-            )
-            self.signed_var = add(
-                name=f"{prefix}_signed", shape=(), initializer="ones", trainable=False
-            )
+            self.scale = add(name=f"{prefix}_scale", shape=shape, initializer="ones", trainable=True)
+            self.signed_var = add(name=f"{prefix}_signed", shape=(), initializer="ones", trainable=False)
             range_vars = {"scale": self.scale, "signed": self.signed_var}
         else:
             self.input_low = add(
@@ -171,9 +161,7 @@ class KerasQuantizer:
                 trainable=True,
             )
             range_vars = {"input_low": self.input_low, "input_range": self.input_range}
-        self.enabled_var = add(
-            name=f"{prefix}_enabled", shape=(), initializer="ones", trainable=False
-        )
+        self.enabled_var = add(name=f"{prefix}_enabled", shape=(), initializer="ones", trainable=False)
         # attributes make the variables checkpoint children of the host under stable names
         for key, var in {**range_vars, "enabled": self.enabled_var}.items():
             setattr(host, f"{prefix}_{key}", var)
@@ -236,9 +224,7 @@ class KerasQuantizer:
         kw = {"num_bits": self.spec.train_bits, "narrow_range": self.spec.narrow_range}
         probe = tf.stack([low - far, high + far])
         if self.per_channel:
-            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                probe, low, high, **kw
-            )
+            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(probe, low, high, **kw)
         else:
             out = tf.quantization.fake_quant_with_min_max_vars(probe, low, high, **kw)
         out = out.numpy().astype(np.float32)
@@ -261,13 +247,9 @@ class KerasQuantizer:
         kw = {"num_bits": self.spec.train_bits, "narrow_range": self.spec.narrow_range}
         if self.per_channel:
             flat = self.layout.to_channels_last(x)
-            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                flat, low, high, name=name, **kw
-            )
+            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(flat, low, high, name=name, **kw)
             return self.layout.from_channels_last(out)
-        return tf.quantization.fake_quant_with_min_max_vars(
-            x, low, high, name=name, **kw
-        )
+        return tf.quantization.fake_quant_with_min_max_vars(x, low, high, name=name, **kw)
 
     def __call__(self, x: Any) -> tf.Tensor:
         """Quantize ``x`` (or, during range initialisation, record its statistics and return it)."""
@@ -301,9 +283,7 @@ class KerasQuantizer:
         grid = self.grid()
         # the very range training uses: TF nudges it the same way (re-nudging an already nudged range
         # can resolve a zero point or an extreme value that sits on a half step the other way)
-        low, high = (
-            t.numpy().astype(np.float32).reshape(shape) for t in self.range_tensors()
-        )
+        low, high = (t.numpy().astype(np.float32).reshape(shape) for t in self.range_tensors())
         self._export_state = {
             "enabled": self.enabled,
             "low": low,
@@ -328,13 +308,9 @@ class KerasQuantizer:
             }
             if self.per_channel:
                 flat = self.layout.to_channels_last(x)
-                out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                    flat, low, high, **kw
-                )
+                out = tf.quantization.fake_quant_with_min_max_vars_per_channel(flat, low, high, **kw)
                 return self.layout.from_channels_last(out)
-            return tf.quantization.fake_quant_with_min_max_vars(
-                x, low, high, name=self.export_name, **kw
-            )
+            return tf.quantization.fake_quant_with_min_max_vars(x, low, high, name=self.export_name, **kw)
         grid: Grid = state["grid"]
         step, k_low, k_high = grid.step, grid.int_low, grid.int_high
         if k_low.min() < -128 or k_high.max() > 127:
@@ -348,16 +324,10 @@ class KerasQuantizer:
         low, high = tf.constant(state["low"]), tf.constant(state["high"])
         kw = {"num_bits": self.spec.train_bits, "narrow_range": self.spec.narrow_range}
         if self.per_channel:
-            flat = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                self.layout.to_channels_last(x), low, high, **kw
-            )
+            flat = tf.quantization.fake_quant_with_min_max_vars_per_channel(self.layout.to_channels_last(x), low, high, **kw)
         else:
             flat = tf.quantization.fake_quant_with_min_max_vars(x, low, high, **kw)
-        step32 = tf.constant(
-            np.asarray(step, np.float32).reshape(-1)
-            if self.per_channel
-            else np.float32(step.reshape(-1)[0])
-        )
+        step32 = tf.constant(np.asarray(step, np.float32).reshape(-1) if self.per_channel else np.float32(step.reshape(-1)[0]))
         out = tf.raw_ops.QuantizeAndDequantizeV3(
             input=flat,
             input_min=-128.0 * step32,
@@ -378,9 +348,7 @@ class KerasQuantizer:
         first, at the cost of the batch's rows instead of the vocabulary's. Per-tensor tables and
         exports use the whole table.
         """
-        if self.export_mode is not None or not (
-            self.per_channel and self.layout.channel_axes == (0,)
-        ):
+        if self.export_mode is not None or not (self.per_channel and self.layout.channel_axes == (0,)):
             return tf.gather(self(table), ids, axis=0)
         rows = tf.gather(tf.convert_to_tensor(table), ids, axis=0)
         dtype = rows.dtype
@@ -394,9 +362,7 @@ class KerasQuantizer:
                 "num_bits": self.spec.train_bits,
                 "narrow_range": self.spec.narrow_range,
             }
-            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                tf.transpose(flat), low, high, **kw
-            )
+            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(tf.transpose(flat), low, high, **kw)
             return tf.transpose(out)
 
         out = tf.cond(self.enabled_var > 0, quantized, lambda: tf.identity(flat))
@@ -405,9 +371,7 @@ class KerasQuantizer:
     # -- range initialisation -----------------------------------------------------------------
     def _collect(self, x: Any) -> None:
         if not tf.executing_eagerly():
-            raise RuntimeError(
-                f"range initialisation of {self.id!r} must run eagerly; call the model outside tf.function"
-            )
+            raise RuntimeError(f"range initialisation of {self.id!r} must run eagerly; call the model outside tf.function")
         arr = np.asarray(tf.convert_to_tensor(x))
         axis = (arr.ndim - 1) if self.spec.per_channel and arr.ndim > 1 else None
         stats = numpy_batch_statistics(arr, axis, self.collector.needs_values)
@@ -441,9 +405,7 @@ class KerasQuantizer:
         lo, hi = collector.result()
         shape = tuple(self.scale.shape if self.spec.symmetric else self.input_low.shape)
         if self.spec.symmetric:
-            signed, scale = symmetric_range(
-                lo, hi, collector.global_min, self.spec.signedness_to_force
-            )
+            signed, scale = symmetric_range(lo, hi, collector.global_min, self.spec.signedness_to_force)
             self.signed_var.assign(1.0 if signed else 0.0)
             self.scale.assign(np.asarray(scale, np.float32).reshape(shape))
         else:
@@ -454,9 +416,7 @@ class KerasQuantizer:
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The variables as arrays, keyed ``<quantizer id>/<name>`` (for safetensors files)."""
-        return {
-            f"{self.id}/{k}": np.asarray(v.numpy()) for k, v in self.variables.items()
-        }
+        return {f"{self.id}/{k}": np.asarray(v.numpy()) for k, v in self.variables.items()}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         for k, v in self.variables.items():

@@ -13,9 +13,7 @@ from .init import input_names as dict_input_names
 __all__ = ["signature", "feed_arrays", "inference_fn"]
 
 
-def signature(
-    model: Any, input_names: list[str] | None
-) -> tuple[list[tf.TensorSpec], list[str], bool]:
+def signature(model: Any, input_names: list[str] | None) -> tuple[list[tf.TensorSpec], list[str], bool]:
     """Input specs (batch and other unknown dims dynamic), names, and whether the model takes a dict."""
     inputs = getattr(model, "inputs", None)
     if not inputs:
@@ -32,13 +30,8 @@ def signature(
         ordered = list(inputs)
         names = input_names or [t.name for t in ordered]
     if len(names) != len(ordered):
-        raise ExportError(
-            f"input_names has {len(names)} names; the model takes {len(ordered)} inputs"
-        )
-    specs = [
-        tf.TensorSpec([None] + list(t.shape[1:]), t.dtype, name=n)
-        for t, n in zip(ordered, names)
-    ]
+        raise ExportError(f"input_names has {len(names)} names; the model takes {len(ordered)} inputs")
+    specs = [tf.TensorSpec([None] + list(t.shape[1:]), t.dtype, name=n) for t, n in zip(ordered, names)]
     return specs, names, dict_names is not None
 
 
@@ -50,19 +43,12 @@ def feed_arrays(model: Any, features: Any) -> dict[str, np.ndarray]:
         values = [features[n] for n in names]
     else:
         values = list(features) if isinstance(features, (tuple, list)) else [features]
-    return {
-        n: np.asarray(v).astype(s.dtype.as_numpy_dtype)
-        for n, v, s in zip(names, values, specs)
-    }
+    return {n: np.asarray(v).astype(s.dtype.as_numpy_dtype) for n, v, s in zip(names, values, specs)}
 
 
 def inference_fn(model: Any, names: list[str], takes_dict: bool):
     def fn(*args):
-        features = (
-            dict(zip(names, args))
-            if takes_dict
-            else (args[0] if len(args) == 1 else tuple(args))
-        )
+        features = dict(zip(names, args)) if takes_dict else (args[0] if len(args) == 1 else tuple(args))
         out = model(features, training=False)
         if isinstance(out, dict):
             return {k: out[k] for k in sorted(out)}

@@ -44,19 +44,13 @@ logger = logging.getLogger(__name__)
 class KerasQATArguments:
     """Arguments of :class:`KerasQATTrainer` (``HfArgumentParser``-compatible)."""
 
-    output_dir: str = field(
-        metadata={"help": "Folder for checkpoints, exports and the saved model."}
-    )
-    nncf_config: str | None = field(
-        default=None, metadata={"help": "NNCF config JSON file (default: 8-bit QAT)."}
-    )
+    output_dir: str = field(metadata={"help": "Folder for checkpoints, exports and the saved model."})
+    nncf_config: str | None = field(default=None, metadata={"help": "NNCF config JSON file (default: 8-bit QAT)."})
     num_calibration_samples: int = field(
         default=DEFAULT_NUM_INIT_SAMPLES, metadata={"help": "Samples for quantizer range initialisation."}
     )
     num_train_epochs: int = field(default=2, metadata={"help": "QAT epochs."})
-    learning_rate: float = field(
-        default=2e-5, metadata={"help": "Adam learning rate of the QAT fine-tuning."}
-    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "Adam learning rate of the QAT fine-tuning."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     export_formats: str = field(
         default="frozen_graph,onnx",
@@ -66,17 +60,11 @@ class KerasQATArguments:
         default=True,
         metadata={"help": "Evaluate the INT8 ONNX export in ONNX Runtime."},
     )
-    save_checkpoints: bool = field(
-        default=True, metadata={"help": "Write a tf.train.Checkpoint every epoch."}
-    )
+    save_checkpoints: bool = field(default=True, metadata={"help": "Write a tf.train.Checkpoint every epoch."})
     keep_checkpoints: int = field(default=2, metadata={"help": "Checkpoints kept."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
-    hub_model_id: str | None = field(
-        default=None, metadata={"help": "Repo id for push_to_hub."}
-    )
-    hub_token: str | None = field(
-        default=None, metadata={"help": "Hub token (default: the logged-in one)."}
-    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for push_to_hub."})
+    hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
 
 
 def _checkpoint_callback(trainer: KerasQATTrainer) -> Any:
@@ -126,15 +114,9 @@ class KerasQATTrainer:
         self.callbacks = list(callbacks or [])
         if nncf_config is None:
             nncf_config = (
-                NNCFConfig.from_json(args.nncf_config)
-                if args.nncf_config
-                else default_nncf_config(args.num_calibration_samples)
+                NNCFConfig.from_json(args.nncf_config) if args.nncf_config else default_nncf_config(args.num_calibration_samples)
             )
-        self.nncf_config = (
-            nncf_config
-            if isinstance(nncf_config, NNCFConfig)
-            else NNCFConfig.from_dict(nncf_config)
-        )
+        self.nncf_config = nncf_config if isinstance(nncf_config, NNCFConfig) else NNCFConfig.from_dict(nncf_config)
         self.ctrl = None
         self.history = None
         self.output_dir = Path(args.output_dir)
@@ -149,9 +131,7 @@ class KerasQATTrainer:
         config = self.nncf_config
         if compression_state is None:
             config = register_default_init_args(config, self.train_dataset)
-        self.ctrl, self.model = create_compressed_model(
-            self.model, config, compression_state=compression_state
-        )
+        self.ctrl, self.model = create_compressed_model(self.model, config, compression_state=compression_state)
         logger.info(
             "hf_qat: quantized layers\n%s\n%s",
             self.ctrl.quantized_layers_table(),
@@ -170,7 +150,6 @@ class KerasQATTrainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint_objects(self) -> Any:
         import tensorflow as tf
-
 
         if self._checkpoint is None:
             self._checkpoint = tf.train.Checkpoint(
@@ -201,7 +180,6 @@ class KerasQATTrainer:
         import keras
         import tensorflow as tf
 
-
         keras.utils.set_random_seed(self.args.seed)
         initial_epoch = 0
         path = None
@@ -212,9 +190,7 @@ class KerasQATTrainer:
                 else str(resume_from_checkpoint)
             )
             if path is None:
-                raise CompressionStateError(
-                    f"no checkpoint to resume from in {self.output_dir / 'checkpoints'}"
-                )
+                raise CompressionStateError(f"no checkpoint to resume from in {self.output_dir / 'checkpoints'}")
             state = load_compression_state(path)
             self.compress(compression_state=state)
             self._compile()
@@ -250,9 +226,7 @@ class KerasQATTrainer:
         )
         return {f"eval_{k}": float(v) for k, v in results.items()}
 
-    def evaluate_onnx(
-        self, dataset: Any = None, path: str | None = None
-    ) -> dict[str, float]:
+    def evaluate_onnx(self, dataset: Any = None, path: str | None = None) -> dict[str, float]:
         """Accuracy of the INT8 ONNX export in ONNX Runtime (exported first when ``path`` is not given)."""
         path = path or str(self.output_dir / ONNX_NAME)
         if not os.path.exists(path):
@@ -275,26 +249,15 @@ class KerasQATTrainer:
             "saved_model": "saved_model",
             "onnx": "model.onnx",
         }
-        formats = formats or [
-            f.strip() for f in self.args.export_formats.split(",") if f.strip()
-        ]
+        formats = formats or [f.strip() for f in self.args.export_formats.split(",") if f.strip()]
         unknown = [f for f in formats if f not in files]
         if unknown:
-            raise ValueError(
-                f"unknown export format(s) {unknown}; expected some of {sorted(files)}"
-            )
-        return {
-            fmt: self.ctrl.export_model(
-                str(self.output_dir / files[fmt]), save_format=fmt
-            )
-            for fmt in formats
-        }
+            raise ValueError(f"unknown export format(s) {unknown}; expected some of {sorted(files)}")
+        return {fmt: self.ctrl.export_model(str(self.output_dir / files[fmt]), save_format=fmt) for fmt in formats}
 
     def save_model(self, output_dir: str | None = None) -> Path:
         """Save the keras-hub preset (or ``model.keras``), compression state, config and quantizer ranges."""
-        return save_keras_qat_model(
-            self.model, self.ctrl, output_dir or self.output_dir
-        )
+        return save_keras_qat_model(self.model, self.ctrl, output_dir or self.output_dir)
 
     def push_to_hub(
         self,
@@ -305,10 +268,6 @@ class KerasQATTrainer:
         """Save, export all three formats, write the model card and push in one commit."""
         repo_id = repo_id or self.args.hub_model_id
         if not repo_id:
-            raise ValueError(
-                "push_to_hub needs a repo id: pass repo_id or set args.hub_model_id"
-            )
+            raise ValueError("push_to_hub needs a repo id: pass repo_id or set args.hub_model_id")
         kwargs.setdefault("token", self.args.hub_token)
-        return push_to_hub_keras(
-            self.model, self.ctrl, repo_id, results=results, **kwargs
-        )
+        return push_to_hub_keras(self.model, self.ctrl, repo_id, results=results, **kwargs)

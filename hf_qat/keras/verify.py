@@ -48,15 +48,9 @@ def example_batches(ctrl: Any, max_batches: int = 2) -> list[Any]:
     for s in specs:
         shape = [2] + [d or 8 for d in s.shape[1:]]
         arrays.append(
-            rng.random(shape).astype(s.dtype.as_numpy_dtype)
-            if s.dtype.is_floating
-            else np.ones(shape, s.dtype.as_numpy_dtype)
+            rng.random(shape).astype(s.dtype.as_numpy_dtype) if s.dtype.is_floating else np.ones(shape, s.dtype.as_numpy_dtype)
         )
-    return [
-        dict(zip(names, arrays))
-        if takes_dict
-        else (arrays[0] if len(arrays) == 1 else tuple(arrays))
-    ]
+    return [dict(zip(names, arrays)) if takes_dict else (arrays[0] if len(arrays) == 1 else tuple(arrays))]
 
 
 def _as_outputs(out: Any, output_names: list[str]) -> dict[str, np.ndarray]:

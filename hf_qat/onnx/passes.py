@@ -81,7 +81,13 @@ def split_shared_quantizers(proto: onnx.ModelProto) -> int:
         uses = [(dq, user, index) for dq in dqs for user, index in consumers.get(dq.output[0], [])]
         for dq, user, index in uses[1:]:
             sfx = f"__use{added + 1}"  # unique across the graph: equal initializers may be shared
-            q2 = clone_node(node, sfx, {1: clone_init(node.input[1], sfx), 2: clone_init(node.input[2], sfx)} if len(node.input) > 2 else {1: clone_init(node.input[1], sfx)})
+            q2 = clone_node(
+                node,
+                sfx,
+                {1: clone_init(node.input[1], sfx), 2: clone_init(node.input[2], sfx)}
+                if len(node.input) > 2
+                else {1: clone_init(node.input[1], sfx)},
+            )
             chain = [q2]
             last = q2.output[0]
             if clip is not None:
@@ -182,18 +188,10 @@ def fold_weight_quantize_linear(model: onnx.ModelProto) -> int:
     folded = 0
     keep = []
     for node in graph.node:
-        if (
-            node.op_type == "QuantizeLinear"
-            and node.input[0] in inits
-            and all(i in inits for i in node.input[1:3])
-        ):
+        if node.op_type == "QuantizeLinear" and node.input[0] in inits and all(i in inits for i in node.input[1:3]):
             w = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
             scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-            zp_arr = (
-                numpy_helper.to_array(inits[node.input[2]])
-                if len(node.input) > 2
-                else np.zeros((), np.uint8)
-            )
+            zp_arr = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 else np.zeros((), np.uint8)
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             if scale.ndim == 1 and w.ndim > 0:
                 shape = [1] * w.ndim
@@ -203,9 +201,7 @@ def fold_weight_quantize_linear(model: onnx.ModelProto) -> int:
             else:
                 zp = zp_arr.astype(np.float64)
             info = np.iinfo(zp_arr.dtype)
-            q = np.clip(np.rint(w / scale) + zp, info.min, info.max).astype(
-                zp_arr.dtype
-            )
+            q = np.clip(np.rint(w / scale) + zp, info.min, info.max).astype(zp_arr.dtype)
             name = node.output[0]
             graph.initializer.append(numpy_helper.from_array(q, name))
             consumers[node.input[0]] -= 1
@@ -235,20 +231,10 @@ def replace_erfc(model: onnx.ModelProto) -> int:
             continue
         if one is None:
             one = "hf_qat_erfc_one"
-            graph.initializer.append(
-                numpy_helper.from_array(np.array(1.0, np.float32), one)
-            )
+            graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
         erf_out = f"{node.output[0]}__erf"
-        nodes.append(
-            helper.make_node(
-                "Erf", [node.input[0]], [erf_out], name=f"{node.name}__erf"
-            )
-        )
-        nodes.append(
-            helper.make_node(
-                "Sub", [one, erf_out], [node.output[0]], name=f"{node.name}__one_minus"
-            )
-        )
+        nodes.append(helper.make_node("Erf", [node.input[0]], [erf_out], name=f"{node.name}__erf"))
+        nodes.append(helper.make_node("Sub", [one, erf_out], [node.output[0]], name=f"{node.name}__one_minus"))
         count += 1
     if count:
         del graph.node[:]

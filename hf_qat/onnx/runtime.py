@@ -88,6 +88,8 @@ class OnnxRunner:
         return {name: np.asarray(result[out]) for name, out in zip(self.output_names, self._compiled.outputs)}
 
 
-def load_runner(path: str | os.PathLike, runtime: str = "onnxruntime", optimize: bool = True, num_threads: int | None = None) -> OnnxRunner:
+def load_runner(
+    path: str | os.PathLike, runtime: str = "onnxruntime", optimize: bool = True, num_threads: int | None = None
+) -> OnnxRunner:
     """Load ``path`` in ``runtime``; see [`OnnxRunner`]."""
     return OnnxRunner(path, runtime, optimize, num_threads)

@@ -65,9 +65,7 @@ def summarize(model: onnx.ModelProto | str | os.PathLike) -> OnnxSummary:
     s.opset = next((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), None)
 
     def visit(graph: onnx.GraphProto) -> None:
-        zero_points = {
-            n.input[2] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
-        }
+        zero_points = {n.input[2] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
         for node in graph.node:
             s.op_counts[node.op_type] += 1
             if node.domain not in _STANDARD_DOMAINS:
@@ -86,7 +84,12 @@ def summarize(model: onnx.ModelProto | str | os.PathLike) -> OnnxSummary:
                 if size > 1 and init.name not in zero_points:
                     s.int8_initializers.append(init.name)
                     s.int8_weight_bytes += _nbytes(init)
-            elif init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE):
+            elif init.data_type in (
+                onnx.TensorProto.FLOAT,
+                onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.BFLOAT16,
+                onnx.TensorProto.DOUBLE,
+            ):
                 s.float_weight_bytes += _nbytes(init)
 
     visit(model.graph)

@@ -27,9 +27,7 @@ from .layers import (  # noqa: E402
 from .model_creation import create_compressed_model  # noqa: E402
 from .quantizers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer  # noqa: E402
 
-__getattr__, __dir__ = attach(
-    __name__, {"export": ["ExportResult", "export_onnx"], "export.verify": ["verify_onnx"]}
-)
+__getattr__, __dir__ = attach(__name__, {"export": ["ExportResult", "export_onnx"], "export.verify": ["verify_onnx"]})
 
 __all__ = [
     "create_compressed_model",

@@ -142,8 +142,14 @@ class QuantizationController(QuantizationControllerBase):
             )
         opset = int(match.group(1)) if match.group(1) else kwargs.pop("opset", DEFAULT_OPSET)
         return export_onnx(
-            self._model, save_path, model_args, input_names=input_names, output_names=output_names,
-            opset=opset, config=self.config, **kwargs,
+            self._model,
+            save_path,
+            model_args,
+            input_names=input_names,
+            output_names=output_names,
+            opset=opset,
+            config=self.config,
+            **kwargs,
         )
 
     # -- inference model --------------------------------------------------------------------

@@ -65,7 +65,8 @@ def build_quantizer_setup(model: nn.Module, trace: GraphTrace, settings: Quantiz
                 spec = _group_spec(settings, QuantizerGroup.WEIGHTS, [node.name], tuple(shape))
                 is_conv = isinstance(module, (nn.Conv2d, nn.Conv3d))
                 if spec.num_bits == 8 and (
-                    settings.overflow_fix == "enable" or (settings.overflow_fix == "first_layer_only" and is_conv and not first_conv_done)
+                    settings.overflow_fix == "enable"
+                    or (settings.overflow_fix == "first_layer_only" and is_conv and not first_conv_done)
                 ):
                     spec.half_range = True
                 first_conv_done = first_conv_done or is_conv
@@ -178,9 +179,7 @@ def apply_setup(model: nn.Module, setup: QuantizerSetup) -> tuple[dict[str, Base
             shape = tuple(qp.qspec.scale_shape)
             expected = [1] * module.weight.dim()
             if len(shape) > 1 or shape[0] != 1:
-                if len(shape) != module.weight.dim() or any(
-                    s not in (1, module.weight.shape[i]) for i, s in enumerate(shape)
-                ):
+                if len(shape) != module.weight.dim() or any(s not in (1, module.weight.shape[i]) for i, s in enumerate(shape)):
                     problems.append(
                         f"weight point {qp.target_node_name!r}: scale_shape {list(shape)} does not fit "
                         f"weight shape {list(module.weight.shape)} (expected {expected} with one channel axis)"

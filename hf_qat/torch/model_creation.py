@@ -38,6 +38,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def is_compressed(model: nn.Module) -> bool:
     return hasattr(model, CONTAINER_NAME)
 
@@ -117,7 +118,9 @@ def create_compressed_model(
         setup, ctrl_state = parse_compression_state(compression_state)
         check_setup_layer_count(model, setup)
 
-    range_args = config.get_extra_struct(QuantizationRangeInitArgs) if config.has_extra_struct(QuantizationRangeInitArgs) else None
+    range_args = (
+        config.get_extra_struct(QuantizationRangeInitArgs) if config.has_extra_struct(QuantizationRangeInitArgs) else None
+    )
     bn_args = config.get_extra_struct(BNAdaptationInitArgs) if config.has_extra_struct(BNAdaptationInitArgs) else None
     previous_attn = _switch_to_eager_attention(model)
     try:
@@ -157,7 +160,9 @@ def drop_empty_weight_points(model: nn.Module, setup: QuantizerSetup) -> Quantiz
                 empty.append(qp_id)
     if not empty:
         return setup
-    logger.info("hf_qat: not quantizing %d zero-size weight(s): %s", len(empty), [setup.points[i].target_node_name for i in empty])
+    logger.info(
+        "hf_qat: not quantizing %d zero-size weight(s): %s", len(empty), [setup.points[i].target_node_name for i in empty]
+    )
     points = {i: qp for i, qp in setup.points.items() if i not in empty}
     groups = [[i for i in g if i not in empty] for g in setup.unified_scale_groups]
     return QuantizerSetup(points, [g for g in groups if len(g) > 1], setup.aq_potential_num, setup.wq_potential_num)

@@ -57,7 +57,9 @@ def task_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> t
         if loss_type == "ForTokenClassification" and config is not None:
             loss = LOSS_MAPPING[loss_type](logits, labels, config)
         else:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return (float(loss) if n else 0.0), n
     if loss_type in ("ForSequenceClassification", "ForImageClassification") and config is not None:
         return float(LOSS_MAPPING[loss_type](labels=labels, pooled_logits=logits, config=config)), len(labels)

@@ -94,9 +94,7 @@ def push_to_hub(
             raise ExportError(f"push_to_hub: the INT8 ONNX export failed, nothing was pushed. {e}", e.module, e.op) from e
         card_results = dict(results) if results else {"metric": "n/a", "values": {}}
         card_results.setdefault("task", task_of(model))
-        write_model_card(
-            tmp, ctrl, card_results, base_model=base_model or base_model_of(model), dataset=dataset, repo_id=repo_id
-        )
+        write_model_card(tmp, ctrl, card_results, base_model=base_model or base_model_of(model), dataset=dataset, repo_id=repo_id)
         if results:
             atomic_write_text(Path(tmp) / RESULTS_NAME, json.dumps(results, indent=2, default=float))
         return push_qat_folder(

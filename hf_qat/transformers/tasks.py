@@ -77,7 +77,11 @@ def _prepare_text_classification(datasets, tokenizer, args):
             _pick(columns, c, (), "text", "text-classification")
     else:
         pair = next((p for p in _TEXT_PAIRS if p[0] in columns and p[1] in columns), None)
-        text_cols = list(pair) if pair else [_pick(columns, None, ("sentence", "text", "review", "content"), "text", "text-classification")]
+        text_cols = (
+            list(pair)
+            if pair
+            else [_pick(columns, None, ("sentence", "text", "review", "content"), "text", "text-classification")]
+        )
     names = _label_names(train, label_col)
     label_to_id = None if getattr(train.features[label_col], "names", None) else {v: i for i, v in enumerate(names)}
 
@@ -99,7 +103,12 @@ def _prepare_text_classification(datasets, tokenizer, args):
         result.update(f1.compute(predictions=preds, references=p.label_ids, average="binary" if len(names) == 2 else "macro"))
         return result
 
-    return out, DataCollatorWithPadding(tokenizer), compute_metrics, {"num_labels": len(names), "id2label": dict(enumerate(names))}
+    return (
+        out,
+        DataCollatorWithPadding(tokenizer),
+        compute_metrics,
+        {"num_labels": len(names), "id2label": dict(enumerate(names))},
+    )
 
 
 # -- token classification ---------------------------------------------------------------------
@@ -112,7 +121,11 @@ def _prepare_token_classification(datasets, tokenizer, args):
     if not isinstance(first, list):
         raise TaskDataError(f"token-classification: column {tokens_col!r} must hold lists of words, found {type(first).__name__}")
     names = _label_names(train, tags_col)
-    label_to_id = None if getattr(getattr(train.features[tags_col], "feature", None), "names", None) else {v: i for i, v in enumerate(names)}
+    label_to_id = (
+        None
+        if getattr(getattr(train.features[tags_col], "feature", None), "names", None)
+        else {v: i for i, v in enumerate(names)}
+    )
     if not getattr(tokenizer, "is_fast", False):
         raise TaskDataError("token-classification needs a fast tokenizer (word_ids); this model's tokenizer is not one")
 
@@ -142,9 +155,19 @@ def _prepare_token_classification(datasets, tokenizer, args):
             refs.append([names[int(x)] for x in lab[keep]])
             hyps.append([names[int(x)] for x in pred[keep]])
         r = seqeval.compute(predictions=hyps, references=refs)
-        return {"precision": r["overall_precision"], "recall": r["overall_recall"], "f1": r["overall_f1"], "accuracy": r["overall_accuracy"]}
+        return {
+            "precision": r["overall_precision"],
+            "recall": r["overall_recall"],
+            "f1": r["overall_f1"],
+            "accuracy": r["overall_accuracy"],
+        }
 
-    return out, DataCollatorForTokenClassification(tokenizer), compute_metrics, {"num_labels": len(names), "id2label": dict(enumerate(names))}
+    return (
+        out,
+        DataCollatorForTokenClassification(tokenizer),
+        compute_metrics,
+        {"num_labels": len(names), "id2label": dict(enumerate(names))},
+    )
 
 
 # -- image classification ---------------------------------------------------------------------
@@ -167,7 +190,10 @@ def _prepare_image_classification(datasets, processor, args):
         images = [im.convert("RGB") for im in batch[image_col]]
         enc = processor(images=images, return_tensors="np")
         labels = batch[label_col]
-        return {"pixel_values": list(enc["pixel_values"]), "labels": [label_to_id[str(v)] for v in labels] if label_to_id else labels}
+        return {
+            "pixel_values": list(enc["pixel_values"]),
+            "labels": [label_to_id[str(v)] for v in labels] if label_to_id else labels,
+        }
 
     out = {split: cast(ds).map(encode, batched=True, remove_columns=ds.column_names) for split, ds in datasets.items()}
     from transformers import DefaultDataCollator
@@ -215,9 +241,13 @@ def perplexity(metrics: dict[str, float], loss_key: str) -> float | None:
 
 
 TASKS: dict[str, Task] = {
-    "text-classification": Task("text-classification", "AutoModelForSequenceClassification", "accuracy", _prepare_text_classification),
+    "text-classification": Task(
+        "text-classification", "AutoModelForSequenceClassification", "accuracy", _prepare_text_classification
+    ),
     "token-classification": Task("token-classification", "AutoModelForTokenClassification", "f1", _prepare_token_classification),
-    "image-classification": Task("image-classification", "AutoModelForImageClassification", "accuracy", _prepare_image_classification),
+    "image-classification": Task(
+        "image-classification", "AutoModelForImageClassification", "accuracy", _prepare_image_classification
+    ),
     "causal-lm": Task("causal-lm", "AutoModelForCausalLM", "perplexity", _prepare_causal_lm),
 }
 

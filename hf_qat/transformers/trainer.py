@@ -44,6 +44,7 @@ __all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class QATTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus what QAT needs. Every ``TrainingArguments`` flag works as usual."""
@@ -131,7 +132,14 @@ class QATTrainer(Trainer):
         All other arguments are ``Trainer``'s.
     """
 
-    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *a: Any, compression_ctrl: QuantizationController | None = None, **kw: Any):
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        *a: Any,
+        compression_ctrl: QuantizationController | None = None,
+        **kw: Any,
+    ):
         if args is None:
             args = QATTrainingArguments(output_dir="tmp_trainer")
         if not isinstance(args, QATTrainingArguments):
@@ -141,7 +149,11 @@ class QATTrainer(Trainer):
             if compression_ctrl is None:
                 raise ValueError("The model is compressed but no controller was given: pass compression_ctrl=ctrl.")
         self.compression_ctrl = compression_ctrl
-        self.nncf_config = compression_ctrl.config if compression_ctrl is not None else _resolve_config(args.nncf_config, args.num_calibration_samples)
+        self.nncf_config = (
+            compression_ctrl.config
+            if compression_ctrl is not None
+            else _resolve_config(args.nncf_config, args.num_calibration_samples)
+        )
         self.teacher: nn.Module | None = None
         if args.distillation_weight > 0 and model is not None:
             if compression_ctrl is not None:
@@ -194,7 +206,9 @@ class QATTrainer(Trainer):
                 )
             self.compress(compression_state=state)
         try:
-            output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+            output = super().train(
+                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+            )
         except pickle.UnpicklingError as e:  # transformers reads optimizer/scheduler/RNG pickles with weights_only=True
             raise CompressionStateError(
                 f"resume_from_checkpoint: a pickled file in {resume_from_checkpoint} (optimizer.pt, scheduler.pt, "
@@ -239,7 +253,10 @@ class QATTrainer(Trainer):
         decay = set(self.get_decay_parameter_names(opt_model))
         named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for n, p in named if id(p) not in quantizer_params and n in decay], "weight_decay": self.args.weight_decay},
+            {
+                "params": [p for n, p in named if id(p) not in quantizer_params and n in decay],
+                "weight_decay": self.args.weight_decay,
+            },
             {"params": [p for n, p in named if id(p) not in quantizer_params and n not in decay], "weight_decay": 0.0},
             {
                 "params": [p for n, p in named if id(p) in quantizer_params],
@@ -269,7 +286,9 @@ class QATTrainer(Trainer):
         if student_logits.dim() == 3 and isinstance(labels, torch.Tensor) and labels.shape == student_logits.shape[:2]:
             keep = labels.reshape(-1) != -100  # token-level tasks: only positions that have a label
             student, teacher = student[keep], teacher[keep]
-        kd = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="batchmean") * (t * t)
+        kd = F.kl_div(
+            F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="batchmean"
+        ) * (t * t)
         scaled = (
             self.loss_is_scaled_for_ga
             if self.loss_is_scaled_for_ga is not None
@@ -408,7 +427,14 @@ class QATTrainer(Trainer):
         evals = [h for h in self.state.log_history if any(k.startswith("eval_") for k in h)]
         onnx = [h for h in self.state.log_history if any(k.startswith("onnx_") for k in h)]
         last_eval, last_onnx = (evals[-1] if evals else {}), (onnx[-1] if onnx else {})
-        metric = next((k[5:] for k in last_eval if k.startswith("eval_") and k[5:] not in ("loss", "runtime", "samples_per_second", "steps_per_second")), "loss")
+        metric = next(
+            (
+                k[5:]
+                for k in last_eval
+                if k.startswith("eval_") and k[5:] not in ("loss", "runtime", "samples_per_second", "steps_per_second")
+            ),
+            "loss",
+        )
         return {
             "task": task_of(model),
             "metric": metric,
@@ -426,7 +452,9 @@ class QATTrainer(Trainer):
             return None
         loader = self.get_eval_dataloader() if self.eval_dataset is not None else self.get_train_dataloader()
         batch = next(iter(loader))
-        example = {k: v.detach() for k, v in batch.items() if k not in ("labels", "label", "label_ids") and isinstance(v, torch.Tensor)}
+        example = {
+            k: v.detach() for k, v in batch.items() if k not in ("labels", "label", "label_ids") and isinstance(v, torch.Tensor)
+        }
         model = self.accelerator.unwrap_model(self.model)
         kwargs.setdefault("opset", self.args.onnx_opset)
         self.onnx_result = export_onnx(model, path, example, **kwargs)
@@ -445,9 +473,15 @@ class QATTrainer(Trainer):
             dataset = self._remove_unused_columns(dataset, description="evaluation")
         return DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
 
-    def evaluate_onnx(self, path: str | os.PathLike | None = None, eval_dataset=None, metric_key_prefix: str = "onnx") -> dict[str, float]:
+    def evaluate_onnx(
+        self, path: str | os.PathLike | None = None, eval_dataset=None, metric_key_prefix: str = "onnx"
+    ) -> dict[str, float]:
         """Evaluate an exported ONNX file in ONNX Runtime on the eval set with ``compute_metrics``:
         the metric of what is deployed. Returns ``{"onnx_loss": ..., "onnx_<metric>": ...}``."""
-        path = Path(path) if path is not None else (self.onnx_result.path if self.onnx_result else Path(self.args.output_dir) / ONNX_NAME)
+        path = (
+            Path(path)
+            if path is not None
+            else (self.onnx_result.path if self.onnx_result else Path(self.args.output_dir) / ONNX_NAME)
+        )
         model = self.accelerator.unwrap_model(self.model)
         return evaluate_onnx_file(path, model, self._unsharded_eval_loader(eval_dataset), self.compute_metrics, metric_key_prefix)

@@ -120,8 +120,15 @@ def ort_static_quantize(fp32_path: Path, out_path: Path, calibration: list[dict]
         def get_next(self):
             return next(self._it, None)
 
-    quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(fp32_path),
+        str(out_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     return out_path
 
 
@@ -136,8 +143,15 @@ def hf_qat_compress(model: torch.nn.Module, calibration: list[dict], num_samples
     return create_compressed_model(model, config)
 
 
-def run_accuracy(cfg: AccuracyConfig, work: Path, nncf: NncfEnv, data_dir: str | None = None,
-                 dataset_name: str | None = None, dataset_config_name: str | None = None, log=print) -> dict:
+def run_accuracy(
+    cfg: AccuracyConfig,
+    work: Path,
+    nncf: NncfEnv,
+    data_dir: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    log=print,
+) -> dict:
     """Run every route; returns ``{"rows": [...], "files": {...}, ...}`` for the report."""
     from transformers import AutoTokenizer
 
@@ -162,12 +176,20 @@ def run_accuracy(cfg: AccuracyConfig, work: Path, nncf: NncfEnv, data_dir: str |
     fp32.save_pretrained(fp32_dir)
     example = {k: v for k, v in calibration[0].items() if k != "labels"}
     files = {"fp32": export_onnx(fp32, work / "fp32.onnx", example, quantized=False, verify=False, exporter=cfg.exporter).path}
-    rows = [{"method": "FP32 (fine-tuned)", "key": "fp32", "train": f"{cfg.finetune_steps} steps, lr {cfg.finetune_lr:g}",
-             "time_s": ft_s}]
+    rows = [
+        {
+            "method": "FP32 (fine-tuned)",
+            "key": "fp32",
+            "train": f"{cfg.finetune_steps} steps, lr {cfg.finetune_lr:g}",
+            "time_s": ft_s,
+        }
+    ]
 
     t0 = time.perf_counter()
     files["ort_static"] = ort_static_quantize(files["fp32"], work / "ort_static_int8.onnx", calibration)
-    rows.append({"method": "ONNX Runtime static INT8 (PTQ)", "key": "ort_static", "train": "-", "time_s": time.perf_counter() - t0})
+    rows.append(
+        {"method": "ONNX Runtime static INT8 (PTQ)", "key": "ort_static", "train": "-", "time_s": time.perf_counter() - t0}
+    )
 
     t0 = time.perf_counter()
     _, ptq = hf_qat_compress(copy.deepcopy(fp32), calibration, cfg.calibration_samples)
@@ -181,21 +203,48 @@ def run_accuracy(cfg: AccuracyConfig, work: Path, nncf: NncfEnv, data_dir: str |
     result = export_onnx(qat, work / "hf_qat_qat.onnx", example, verify=True, exporter=cfg.exporter)
     files["hf_qat_qat"] = result.path
     log(f"  hf_qat QAT: {cfg.qat_steps} steps in {qat_s:.0f} s; {result.verification[0] if result.verification else ''}")
-    rows.append({"method": "hf_qat QAT", "key": "hf_qat_qat", "train": f"{cfg.qat_steps} steps, lr {cfg.qat_lr:g}",
-                 "time_s": ptq_s + qat_s})
+    rows.append(
+        {
+            "method": "hf_qat QAT",
+            "key": "hf_qat_qat",
+            "train": f"{cfg.qat_steps} steps, lr {cfg.qat_lr:g}",
+            "time_s": ptq_s + qat_s,
+        }
+    )
 
-    nncf_rows = [{"method": "NNCF PTQ (`nncf.quantize`)", "key": "nncf_ptq", "train": "-"},
-                 {"method": "NNCF QAT (`nncf.quantize` + training)", "key": "nncf_qat",
-                  "train": f"{cfg.qat_steps} steps, lr {cfg.qat_lr:g}"}]
+    nncf_rows = [
+        {"method": "NNCF PTQ (`nncf.quantize`)", "key": "nncf_ptq", "train": "-"},
+        {
+            "method": "NNCF QAT (`nncf.quantize` + training)",
+            "key": "nncf_qat",
+            "train": f"{cfg.qat_steps} steps, lr {cfg.qat_lr:g}",
+        },
+    ]
     if nncf.python is None:
         for r in nncf_rows:
             r["skipped"] = nncf.reason
     else:
         torch.save({"calibration": calibration, "train": qat_batches}, work / "batches.pt")
         try:
-            res = run_worker("nncf_qat", ["--model_dir", str(fp32_dir), "--batches", str(work / "batches.pt"),
-                                          "--calibration_samples", str(cfg.calibration_samples), "--lr", str(cfg.qat_lr),
-                                          "--out_dir", str(work)], python=nncf.python, env=nncf.env, timeout=3600, log=log)
+            res = run_worker(
+                "nncf_qat",
+                [
+                    "--model_dir",
+                    str(fp32_dir),
+                    "--batches",
+                    str(work / "batches.pt"),
+                    "--calibration_samples",
+                    str(cfg.calibration_samples),
+                    "--lr",
+                    str(cfg.qat_lr),
+                    "--out_dir",
+                    str(work),
+                ],
+                python=nncf.python,
+                env=nncf.env,
+                timeout=3600,
+                log=log,
+            )
             files["nncf_ptq"], files["nncf_qat"] = Path(res["ptq"]["onnx"]), Path(res["qat"]["onnx"])
             nncf_rows[0]["time_s"] = res["ptq"]["setup_s"]
             nncf_rows[1]["time_s"] = res["ptq"]["setup_s"] + res["qat"]["train_s"]
@@ -216,5 +265,11 @@ def run_accuracy(cfg: AccuracyConfig, work: Path, nncf: NncfEnv, data_dir: str |
     for r in rows:
         if "accuracy" in r:
             r["delta_pt"] = 100 * (r["accuracy"] - fp32_acc)
-    return {"rows": rows, "files": {k: str(v) for k, v in files.items()}, "test_size": len(test), "train_size": len(train),
-            "config": {k: v for k, v in cfg.__dict__.items()}, "nncf_version": nncf.version}
+    return {
+        "rows": rows,
+        "files": {k: str(v) for k, v in files.items()},
+        "test_size": len(test),
+        "train_size": len(train),
+        "config": {k: v for k, v in cfg.__dict__.items()},
+        "nncf_version": nncf.version,
+    }

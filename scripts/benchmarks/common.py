@@ -189,14 +189,18 @@ def read_tsv(path: Path) -> TextSplit:
     return TextSplit(sentences, labels)
 
 
-def load_sst2(data_dir: str | None, dataset_name: str | None = None, dataset_config_name: str | None = None) -> tuple[TextSplit, TextSplit]:
+def load_sst2(
+    data_dir: str | None, dataset_name: str | None = None, dataset_config_name: str | None = None
+) -> tuple[TextSplit, TextSplit]:
     """``(train, test)``: ``train.tsv``/``test.tsv`` from ``data_dir``, or a hub dataset's train/validation."""
     if dataset_name:
         import datasets
 
         ds = datasets.load_dataset(dataset_name, dataset_config_name)
-        return (TextSplit(list(ds["train"]["sentence"]), list(ds["train"]["label"])),
-                TextSplit(list(ds["validation"]["sentence"]), list(ds["validation"]["label"])))
+        return (
+            TextSplit(list(ds["train"]["sentence"]), list(ds["train"]["label"])),
+            TextSplit(list(ds["validation"]["sentence"]), list(ds["validation"]["label"])),
+        )
     d = Path(data_dir or DEFAULT_SST2_DIR)
     files = [d / "train.tsv", d / "test.tsv"]
     missing = [str(f) for f in files if not f.exists()]

@@ -17,7 +17,9 @@ from .common import build_model, random_batches, runtime_threads
 MODELS = (("fp32", "FP32 ONNX"), ("hf_qat_qat", "hf_qat INT8 ONNX"), ("ort_static", "ONNX Runtime static INT8"))
 
 
-def export_untrained(work: Path, calibration_samples: int = 32, model: str = "minilm", exporter: str = "auto", **overrides) -> dict[str, str]:
+def export_untrained(
+    work: Path, calibration_samples: int = 32, model: str = "minilm", exporter: str = "auto", **overrides
+) -> dict[str, str]:
     """FP32, hf_qat INT8 and ORT static INT8 files of an untrained classifier (when section 2 did not run)."""
     from hf_qat import export_onnx
 
@@ -48,8 +50,14 @@ def latency(runners: dict, feed: dict, repeats: int, warmup: int = 2) -> dict[st
     return {k: statistics.median(t) for k, t in times.items()}
 
 
-def run_inference(files: dict[str, str], batches: tuple[int, ...] = (1, 32), repeats: dict[int, int] | None = None,
-                  seq_len: int = 128, runtimes: tuple[str, ...] = ("onnxruntime", "openvino"), log=print) -> dict:
+def run_inference(
+    files: dict[str, str],
+    batches: tuple[int, ...] = (1, 32),
+    repeats: dict[int, int] | None = None,
+    seq_len: int = 128,
+    runtimes: tuple[str, ...] = ("onnxruntime", "openvino"),
+    log=print,
+) -> dict:
     """Sizes and latencies (ms) per file, runtime and batch size."""
     from hf_qat.onnx import OnnxRunner
 
@@ -63,10 +71,16 @@ def run_inference(files: dict[str, str], batches: tuple[int, ...] = (1, 32), rep
         for b in batches:
             batch = random_batches(1, b, seq_len, labels=False, seed=3)[0]
             feed = {n: v.numpy() for n, v in batch.items()}
-            for k, t in latency({k: (lambda f, r=r: r({n: f[n] for n in r.input_names})) for k, r in runners.items()},
-                                feed, repeats.get(b, 5)).items():
+            for k, t in latency(
+                {k: (lambda f, r=r: r({n: f[n] for n in r.input_names})) for k, r in runners.items()}, feed, repeats.get(b, 5)
+            ).items():
                 lat[runtime][k][b] = 1e3 * t
             log(f"  {runtime} batch {b}: " + ", ".join(f"{k} {lat[runtime][k][b]:.1f} ms" for k in present))
-    return {"sizes_mib": sizes, "latency_ms": lat, "seq_len": seq_len, "labels": dict(MODELS),
-            "repeats": {str(k): v for k, v in repeats.items()}, "threads": runtime_threads()}
-
+    return {
+        "sizes_mib": sizes,
+        "latency_ms": lat,
+        "seq_len": seq_len,
+        "labels": dict(MODELS),
+        "repeats": {str(k): v for k, v in repeats.items()},
+        "threads": runtime_threads(),
+    }

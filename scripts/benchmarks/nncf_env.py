@@ -24,8 +24,7 @@ DEFAULT_VENV = DEFAULT_CACHE / f"nncf-{NNCF_VERSION.rsplit('.', 1)[0]}"
 BUILD_TIMEOUT_S = 900
 
 _BUILD = (
-    "from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader as L; "
-    "L.load(); print('built', L.get_build_dir())"
+    "from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader as L; L.load(); print('built', L.get_build_dir())"
 )
 
 

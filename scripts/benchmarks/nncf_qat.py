@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out_dir)
     model = build_model(args.model_dir).eval()
     t0 = time.perf_counter()
-    model = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                          subset_size=args.calibration_samples)
+    model = nncf.quantize(
+        model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER, subset_size=args.calibration_samples
+    )
     ptq_s = time.perf_counter() - t0
     example = calibration[0]
     export_nncf(model, example, out / "nncf_ptq.onnx")

@@ -27,7 +27,13 @@ def export_torchscript(model: torch.nn.Module, example: dict, path: Path, opset:
     model.eval()
     with torch.no_grad():
         torch.onnx.export(
-            LogitsOnly(model), tuple(example[n] for n in INPUT_NAMES), str(path), input_names=list(INPUT_NAMES),
-            output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
+            LogitsOnly(model),
+            tuple(example[n] for n in INPUT_NAMES),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
         )
     return Path(path)

@@ -30,15 +30,17 @@ def training_md(t: dict) -> list[str]:
     lines = [
         "## 1. Training cost: QAT vs FP32",
         "",
-        (f"Batch {t['batch_size']}, sequence {t['seq_len']}, AdamW, CPU ({t['threads']} threads). Median of "
-        + ", ".join(f"{m['steps']} steps after {m['warmup']} warm-up steps ({m['label']})" for m in t["models"])
-        + " per variant; the variants of one process take turns step by step, and "
-        "each ratio is to the FP32 copy timed **in the same process** (NNCF runs in its own virtual environment, "
-        "with its own FP32 baseline). *Step memory* is the median increase of the process's peak resident memory "
-        "during one step over its resident memory before it (activations, gradients, optimizer temporaries), "
-        "measured with Linux's peak-RSS counter (`clear_refs`) and `MALLOC_MMAP_THRESHOLD_=65536`. *Setup* is "
-        "the time to build the QAT model (insertion and range init on "
-        f"{t['calibration_samples']} samples)."),
+        (
+            f"Batch {t['batch_size']}, sequence {t['seq_len']}, AdamW, CPU ({t['threads']} threads). Median of "
+            + ", ".join(f"{m['steps']} steps after {m['warmup']} warm-up steps ({m['label']})" for m in t["models"])
+            + " per variant; the variants of one process take turns step by step, and "
+            "each ratio is to the FP32 copy timed **in the same process** (NNCF runs in its own virtual environment, "
+            "with its own FP32 baseline). *Step memory* is the median increase of the process's peak resident memory "
+            "during one step over its resident memory before it (activations, gradients, optimizer temporaries), "
+            "measured with Linux's peak-RSS counter (`clear_refs`) and `MALLOC_MMAP_THRESHOLD_=65536`. *Setup* is "
+            "the time to build the QAT model (insertion and range init on "
+            f"{t['calibration_samples']} samples)."
+        ),
         "",
         "| model | variant | step (s), median [min-max] | QAT/FP32 step | step memory (MiB) | memory / FP32 | setup (s) |",
         "|---|---|---|---|---|---|---|",
@@ -81,9 +83,15 @@ def accuracy_md(a: dict) -> list[str]:
             f"| {r['method']} | {100 * r['accuracy']:.2f} | {r['delta_pt']:+.2f} | {r['size_mib']:.1f} | "
             f"{_f(r.get('time_s'), '.0f')} | {r['train']} |"
         )
-    lines += ["", ("NNCF's ONNX files come from its legacy `QuantizeLinear`/`DequantizeLinear` export mode (float "
-              "weights behind Q/DQ pairs, hence the size); ONNX Runtime's from `quantize_static` (QDQ, per-channel "
-              "int8 weights, uint8 activations, MinMax)."), ""]
+    lines += [
+        "",
+        (
+            "NNCF's ONNX files come from its legacy `QuantizeLinear`/`DequantizeLinear` export mode (float "
+            "weights behind Q/DQ pairs, hence the size); ONNX Runtime's from `quantize_static` (QDQ, per-channel "
+            "int8 weights, uint8 activations, MinMax)."
+        ),
+        "",
+    ]
     return lines
 
 
@@ -91,8 +99,11 @@ def inference_md(i: dict) -> list[str]:
     sizes, lat, labels = i["sizes_mib"], i["latency_ms"], i["labels"]
     runtimes = list(lat)
     batches = sorted({int(b) for rt in lat.values() for per in rt.values() for b in per})
-    head = "| model | size (MiB) | size / FP32 | " + " | ".join(
-        f"{rt} b{b} (ms) | / FP32" for rt in runtimes for b in batches) + " |"
+    head = (
+        "| model | size (MiB) | size / FP32 | "
+        + " | ".join(f"{rt} b{b} (ms) | / FP32" for rt in runtimes for b in batches)
+        + " |"
+    )
     lines = [
         "## 3. Inference: ONNX latency and size",
         "",
@@ -100,7 +111,8 @@ def inference_md(i: dict) -> list[str]:
         + (f"{i['threads']} intra-op thread(s)" if i.get("threads") else "each runtime's default threading")
         + ", median of "
         + ", ".join(f"{v} runs at batch {k}" for k, v in i["repeats"].items())
-        + " (files take turns). " + i["source"],
+        + " (files take turns). "
+        + i["source"],
         "",
         head,
         "|" + "---|" * (3 + 2 * len(runtimes) * len(batches)),
@@ -120,15 +132,19 @@ def scaling_md(s: dict, plot_rel: str | None) -> list[str]:
     lines = [
         "## 4. Scaling",
         "",
-        (f"BERT configs with random weights, batch {s['batch_size']}; one dimension varies at a time around layers "
-        f"{base['layers']}, hidden {base['hidden']}, sequence {base['seq_len']} (head size 32, FFN 4x hidden). "
-        f"Calibration: `create_compressed_model` with range init on {s['calibration_samples']} samples."),
+        (
+            f"BERT configs with random weights, batch {s['batch_size']}; one dimension varies at a time around layers "
+            f"{base['layers']}, hidden {base['hidden']}, sequence {base['seq_len']} (head size 32, FFN 4x hidden). "
+            f"Calibration: `create_compressed_model` with range init on {s['calibration_samples']} samples."
+        ),
         "",
     ]
     if plot_rel:
         lines += [f"![step and calibration time vs layers, hidden size, sequence length]({plot_rel})", ""]
-    lines += ["| layers | hidden | seq | params (M) | FP32 step (s) | QAT step (s) | QAT/FP32 | calibration (s) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| layers | hidden | seq | params (M) | FP32 step (s) | QAT step (s) | QAT/FP32 | calibration (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     seen = set()
     for pts in s["sweeps"].values():
         for p in pts:
@@ -136,8 +152,10 @@ def scaling_md(s: dict, plot_rel: str | None) -> list[str]:
             if key in seen:
                 continue
             seen.add(key)
-            lines.append(f"| {p['layers']} | {p['hidden']} | {p['seq_len']} | {p['parameters_m']:.1f} | {p['fp32_s']:.3f} | "
-                         f"{p['qat_s']:.3f} | {p['ratio']:.2f} | {p['calibration_s']:.1f} |")
+            lines.append(
+                f"| {p['layers']} | {p['hidden']} | {p['seq_len']} | {p['parameters_m']:.1f} | {p['fp32_s']:.3f} | "
+                f"{p['qat_s']:.3f} | {p['ratio']:.2f} | {p['calibration_s']:.1f} |"
+            )
     return lines + [""]
 
 
@@ -147,11 +165,18 @@ def targets_md(results: dict) -> list[str]:
     if t:
         for m in t["models"]:
             hq = next((r for r in m["rows"] if r["variant"] == "hf_qat" and "ratio" in r), None)
-            peers = ", ".join(f"{r['label']} {r['ratio']:.2f}" for r in m["rows"]
-                              if r["variant"] not in ("fp32", "hf_qat") and "ratio" in r)
+            peers = ", ".join(
+                f"{r['label']} {r['ratio']:.2f}" for r in m["rows"] if r["variant"] not in ("fp32", "hf_qat") and "ratio" in r
+            )
             value = hq["ratio"] if hq else None
-            rows.append((f"QAT/FP32 step time, {m['label']}", f"<= {TARGETS['step_ratio']}",
-                         f"{_f(value, '.2f')}" + (f" (peers: {peers})" if peers else ""), verdict(value, TARGETS["step_ratio"])))
+            rows.append(
+                (
+                    f"QAT/FP32 step time, {m['label']}",
+                    f"<= {TARGETS['step_ratio']}",
+                    f"{_f(value, '.2f')}" + (f" (peers: {peers})" if peers else ""),
+                    verdict(value, TARGETS["step_ratio"]),
+                )
+            )
     a = results.get("accuracy")
     if a:
         by = {r["key"]: r for r in a["rows"]}
@@ -159,8 +184,14 @@ def targets_md(results: dict) -> list[str]:
         fp = by["fp32"]["accuracy"]
         if "accuracy" in q:
             drop = 100 * (fp - q["accuracy"])
-            rows.append(("hf_qat QAT INT8 accuracy vs FP32", f"drop <= {TARGETS['acc_drop_pt']} pt",
-                         f"{100 * q['accuracy']:.2f} vs {100 * fp:.2f} (drop {drop:+.2f} pt)", verdict(drop, TARGETS["acc_drop_pt"])))
+            rows.append(
+                (
+                    "hf_qat QAT INT8 accuracy vs FP32",
+                    f"drop <= {TARGETS['acc_drop_pt']} pt",
+                    f"{100 * q['accuracy']:.2f} vs {100 * fp:.2f} (drop {drop:+.2f} pt)",
+                    verdict(drop, TARGETS["acc_drop_pt"]),
+                )
+            )
             for key in ("hf_qat_ptq", "ort_static", "nncf_ptq", "nncf_qat"):
                 r = by.get(key)
                 if r is None:
@@ -169,22 +200,42 @@ def targets_md(results: dict) -> list[str]:
                     rows.append((f"hf_qat QAT above {r['method']}", "higher", "skipped", "not measured"))
                     continue
                 margin = 100 * (q["accuracy"] - r["accuracy"])
-                rows.append((f"hf_qat QAT above {r['method']}", "> 0 pt", f"{margin:+.2f} pt",
-                             "met" if margin > 0 else f"**MISSED** by {-margin:.2f} pt" if margin < 0 else "**MISSED** (tie)"))
+                rows.append(
+                    (
+                        f"hf_qat QAT above {r['method']}",
+                        "> 0 pt",
+                        f"{margin:+.2f} pt",
+                        "met" if margin > 0 else f"**MISSED** by {-margin:.2f} pt" if margin < 0 else "**MISSED** (tie)",
+                    )
+                )
     i = results.get("inference")
     if i:
         s = i["sizes_mib"]
         if "hf_qat_qat" in s:
             ratio = s["hf_qat_qat"] / s["fp32"]
-            rows.append(("hf_qat INT8 ONNX size / FP32", f"<= {TARGETS['size_ratio']}", f"{ratio:.3f}", verdict(ratio, TARGETS["size_ratio"])))
+            rows.append(
+                (
+                    "hf_qat INT8 ONNX size / FP32",
+                    f"<= {TARGETS['size_ratio']}",
+                    f"{ratio:.3f}",
+                    verdict(ratio, TARGETS["size_ratio"]),
+                )
+            )
             ort = i["latency_ms"].get("onnxruntime")
             if ort:
+
                 def b1(k, ort=ort):
                     return ort[k].get(1, ort[k].get("1"))
 
                 ratio = b1("hf_qat_qat") / b1("fp32")
-                rows.append(("hf_qat INT8 ONNX Runtime latency / FP32, batch 1", f"<= {TARGETS['ort_b1_ratio']}", f"{ratio:.2f}",
-                             verdict(ratio, TARGETS["ort_b1_ratio"])))
+                rows.append(
+                    (
+                        "hf_qat INT8 ONNX Runtime latency / FP32, batch 1",
+                        f"<= {TARGETS['ort_b1_ratio']}",
+                        f"{ratio:.2f}",
+                        verdict(ratio, TARGETS["ort_b1_ratio"]),
+                    )
+                )
     lines = ["## Targets", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return lines + [""]
@@ -214,10 +265,15 @@ def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
         f"{meta['load_avg']['end']:.1f} at the end. Do not edit by hand: rerun the command.",
     ]
     if meta.get("threads"):
-        lines += ["", (f"**Run with `--threads {meta['threads']}`**: torch, ONNX Runtime and OpenVINO used {meta['threads']} "
-                  "intra-op thread(s), because other jobs shared the machine (with all cores, their load stalls "
-                  "multi-threaded kernels at every barrier and the run takes several times longer). Absolute times are "
-                  f"{meta['threads']}-thread times; ratios compare like with like.")]
+        lines += [
+            "",
+            (
+                f"**Run with `--threads {meta['threads']}`**: torch, ONNX Runtime and OpenVINO used {meta['threads']} "
+                "intra-op thread(s), because other jobs shared the machine (with all cores, their load stalls "
+                "multi-threaded kernels at every barrier and the run takes several times longer). Absolute times are "
+                f"{meta['threads']}-thread times; ratios compare like with like."
+            ),
+        ]
     if meta["preset"] != "full":
         lines += ["", f"**This is the `{meta['preset']}` preset (fewer steps and sizes), not the full benchmark.**"]
     lines.append("")
@@ -253,7 +309,9 @@ def plot_scaling(s: dict, path: Path) -> None:
         ax.plot(x, [p["fp32_s"] for p in pts], "o-", label="FP32")
         ax.plot(x, [p["qat_s"] for p in pts], "s--", label="hf_qat QAT")
         for xi, p in zip(x, pts):
-            ax.annotate(f"x{p['ratio']:.2f}", (xi, p["qat_s"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            ax.annotate(
+                f"x{p['ratio']:.2f}", (xi, p["qat_s"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("step time (s)")
         ax.set_xticks(x)

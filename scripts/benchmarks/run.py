@@ -34,10 +34,17 @@ from .report import write_report
 from .workers import WorkerError, run_worker
 
 SECTIONS = ("training", "accuracy", "inference", "scaling")
-VARIANT_LABELS = {"fp32": "FP32", "hf_qat": "hf_qat QAT", "torch_ao": "torch.ao eager QAT", "nncf": "NNCF 3.4 QAT",
-                  "torchao": "torchao QAT"}
-TORCHAO_REASON = ("torchao's QAT (0.18) has no 8-bit static-activation scheme: its activation fake-quantizers are "
-                  "dynamic per-token (`IntxFakeQuantizeConfig(is_dynamic=True)`), Linear/Embedding only")
+VARIANT_LABELS = {
+    "fp32": "FP32",
+    "hf_qat": "hf_qat QAT",
+    "torch_ao": "torch.ao eager QAT",
+    "nncf": "NNCF 3.4 QAT",
+    "torchao": "torchao QAT",
+}
+TORCHAO_REASON = (
+    "torchao's QAT (0.18) has no 8-bit static-activation scheme: its activation fake-quantizers are "
+    "dynamic per-token (`IntxFakeQuantizeConfig(is_dynamic=True)`), Linear/Embedding only"
+)
 VARIANT_NOTES = (
     "*hf_qat QAT*: hf_qat's default 8-bit config (per-channel weights, activations at every Linear input and both "
     "inputs of the attention products, embeddings). *torch.ao eager QAT*: `prepare_qat` with the x86 default QAT "
@@ -69,8 +76,12 @@ def versions() -> str:
     import torch
     import transformers
 
-    parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"transformers {transformers.__version__}",
-             f"onnxruntime {onnxruntime.__version__}"]
+    parts = [
+        f"Python {platform.python_version()}",
+        f"torch {torch.__version__}",
+        f"transformers {transformers.__version__}",
+        f"onnxruntime {onnxruntime.__version__}",
+    ]
     try:
         import openvino
 
@@ -97,8 +108,20 @@ def run_training(preset: Preset, nncf: NncfEnv) -> dict:
     for name, label, overrides, steps_warmup in cfg.models:
         log(f"  {label}")
         steps, warmup = steps_warmup or (cfg.steps, cfg.warmup)
-        args = ["--model", name, "--batch_size", str(cfg.batch_size), "--seq_len", str(cfg.seq_len), "--steps", str(steps),
-                "--warmup", str(warmup), "--calibration_samples", str(cfg.calibration_samples)]
+        args = [
+            "--model",
+            name,
+            "--batch_size",
+            str(cfg.batch_size),
+            "--seq_len",
+            str(cfg.seq_len),
+            "--steps",
+            str(steps),
+            "--warmup",
+            str(warmup),
+            "--calibration_samples",
+            str(cfg.calibration_samples),
+        ]
         if overrides:
             args += ["--layers", str(overrides["num_hidden_layers"]), "--hidden", str(overrides["hidden_size"])]
         rows = []
@@ -144,8 +167,9 @@ def _accuracy_section(preset: Preset, nncf: NncfEnv, args, results: dict, state:
     from .accuracy import run_accuracy
 
     try:
-        acc = run_accuracy(preset.accuracy, args.work_dir / "accuracy", nncf, args.data_dir, args.dataset_name,
-                           args.dataset_config_name, log=log)
+        acc = run_accuracy(
+            preset.accuracy, args.work_dir / "accuracy", nncf, args.data_dir, args.dataset_name, args.dataset_config_name, log=log
+        )
     except FileNotFoundError as e:
         results["skipped_sections"]["accuracy"] = str(e)
         log(f"  skipped: {e}")
@@ -162,12 +186,14 @@ def _inference_section(preset: Preset, args, results: dict, state: dict) -> None
     source = "Files: the fine-tuned FP32 model, its hf_qat QAT INT8 export and ONNX Runtime's static INT8 of it (section 2)."
     if files is None:
         acc_cfg = preset.accuracy
-        files = export_untrained(args.work_dir / "inference", model=acc_cfg.model, exporter=acc_cfg.exporter,
-                                 **acc_cfg.model_overrides)
-        source = ("Files: the untrained classifier, exported FP32, hf_qat INT8 (range init on random tokens) and ONNX "
-                  "Runtime static INT8.")
-    inf = run_inference(files, tuple(preset.inference_batches), dict(preset.inference_repeats), preset.inference_seq_len,
-                        log=log)
+        files = export_untrained(
+            args.work_dir / "inference", model=acc_cfg.model, exporter=acc_cfg.exporter, **acc_cfg.model_overrides
+        )
+        source = (
+            "Files: the untrained classifier, exported FP32, hf_qat INT8 (range init on random tokens) and ONNX "
+            "Runtime static INT8."
+        )
+    inf = run_inference(files, tuple(preset.inference_batches), dict(preset.inference_repeats), preset.inference_seq_len, log=log)
     inf["source"] = source
     results["inference"] = inf
 
@@ -179,8 +205,9 @@ def _scaling_section(preset: Preset, results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m scripts.benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
@@ -191,9 +218,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data_dir", default=None, help="folder with SST-2 train.tsv and test.tsv (default ../shared/data/sst2)")
     parser.add_argument("--dataset_name", default=None, help="hub dataset instead of --data_dir, e.g. glue")
     parser.add_argument("--dataset_config_name", default=None, help="e.g. sst2")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads for torch, ONNX Runtime and OpenVINO (default: each library's own, all "
-                             "cores); 1 keeps a machine shared with other jobs from stalling multi-threaded kernels")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads for torch, ONNX Runtime and OpenVINO (default: each library's own, all "
+        "cores); 1 keeps a machine shared with other jobs from stalling multi-threaded kernels",
+    )
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     if not sections or set(sections) - set(SECTIONS):

@@ -26,13 +26,30 @@ class ScalingConfig:
 
 
 def _point(cfg: ScalingConfig, layers: int, hidden: int, seq_len: int) -> dict:
-    r = measure("bert", ["fp32", "hf_qat"], cfg.batch_size, seq_len, cfg.steps, cfg.warmup, cfg.calibration_samples,
-                num_hidden_layers=layers, hidden_size=hidden, intermediate_size=4 * hidden,
-                num_attention_heads=max(1, hidden // 32))
+    r = measure(
+        "bert",
+        ["fp32", "hf_qat"],
+        cfg.batch_size,
+        seq_len,
+        cfg.steps,
+        cfg.warmup,
+        cfg.calibration_samples,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_attention_heads=max(1, hidden // 32),
+    )
     v = r["variants"]
-    return {"layers": layers, "hidden": hidden, "seq_len": seq_len, "parameters_m": r["parameters_m"],
-            "fp32_s": v["fp32"]["median_s"], "qat_s": v["hf_qat"]["median_s"],
-            "ratio": v["hf_qat"]["median_s"] / v["fp32"]["median_s"], "calibration_s": v["hf_qat"]["setup_s"]}
+    return {
+        "layers": layers,
+        "hidden": hidden,
+        "seq_len": seq_len,
+        "parameters_m": r["parameters_m"],
+        "fp32_s": v["fp32"]["median_s"],
+        "qat_s": v["hf_qat"]["median_s"],
+        "ratio": v["hf_qat"]["median_s"] / v["fp32"]["median_s"],
+        "calibration_s": v["hf_qat"]["setup_s"],
+    }
 
 
 def run_scaling(cfg: ScalingConfig, log=print) -> dict:
@@ -46,8 +63,13 @@ def run_scaling(cfg: ScalingConfig, log=print) -> dict:
     for key in dict.fromkeys(k for ks in sweeps.values() for k in ks):
         points[key] = _point(cfg, *key)
         p = points[key]
-        log(f"  layers {key[0]}, hidden {key[1]}, seq {key[2]}: FP32 {p['fp32_s']:.3f} s, QAT {p['qat_s']:.3f} s "
-            f"(x{p['ratio']:.2f}), calibration {p['calibration_s']:.1f} s")
-    return {"batch_size": cfg.batch_size, "calibration_samples": cfg.calibration_samples,
-            "base": {"layers": cfg.base_layers, "hidden": cfg.base_hidden, "seq_len": cfg.base_seq_len},
-            "sweeps": {name: [points[k] for k in keys] for name, keys in sweeps.items()}}
+        log(
+            f"  layers {key[0]}, hidden {key[1]}, seq {key[2]}: FP32 {p['fp32_s']:.3f} s, QAT {p['qat_s']:.3f} s "
+            f"(x{p['ratio']:.2f}), calibration {p['calibration_s']:.1f} s"
+        )
+    return {
+        "batch_size": cfg.batch_size,
+        "calibration_samples": cfg.calibration_samples,
+        "base": {"layers": cfg.base_layers, "hidden": cfg.base_hidden, "seq_len": cfg.base_seq_len},
+        "sweeps": {name: [points[k] for k in keys] for name, keys in sweeps.items()},
+    }

@@ -142,8 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.layers:
         overrides["num_hidden_layers"] = args.layers
     if args.hidden:
-        overrides.update(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_attention_heads=max(1, args.hidden // 32))
-    result = measure(args.model, variants, args.batch_size, args.seq_len, args.steps, args.warmup, args.calibration_samples, **overrides)
+        overrides.update(
+            hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_attention_heads=max(1, args.hidden // 32)
+        )
+    result = measure(
+        args.model, variants, args.batch_size, args.seq_len, args.steps, args.warmup, args.calibration_samples, **overrides
+    )
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
 

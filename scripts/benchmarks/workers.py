@@ -18,8 +18,15 @@ class WorkerError(RuntimeError):
     """A worker process failed or ran past its time limit."""
 
 
-def run_worker(module: str, args: list[str], *, python: str | os.PathLike | None = None, timeout: float = 1800,
-               env: dict[str, str] | None = None, log=print) -> dict:
+def run_worker(
+    module: str,
+    args: list[str],
+    *,
+    python: str | os.PathLike | None = None,
+    timeout: float = 1800,
+    env: dict[str, str] | None = None,
+    log=print,
+) -> dict:
     """``python -m scripts.benchmarks.<module> <args> --json <tmp>``; returns the parsed JSON.
 
     The child gets ``MALLOC_MMAP_THRESHOLD_=65536`` (freed tensors return to the system, so peak
@@ -36,8 +43,9 @@ def run_worker(module: str, args: list[str], *, python: str | os.PathLike | None
         child_env.setdefault("HF_HUB_OFFLINE", "1")
         child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
         log(f"  $ {' '.join(cmd[1:])}")
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

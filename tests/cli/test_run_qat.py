@@ -26,7 +26,19 @@ def test_text_classification_pairs_from_files(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
     valid = write_jsonl(tmp_path / "valid.jsonl", rows[32:])
     out = tmp_path / "out"
-    results = run_qat.main(["--model_name", str(model), "--task", "text-classification", "--train_file", train, "--validation_file", valid, *common(out)])
+    results = run_qat.main(
+        [
+            "--model_name",
+            str(model),
+            "--task",
+            "text-classification",
+            "--train_file",
+            train,
+            "--validation_file",
+            valid,
+            *common(out),
+        ]
+    )
     check_outputs(out, results)
     v = results["values"]
     assert v["fp32"] is not None and v["int8"] is not None and abs(v["int8"] - v["int8_onnx"]) <= 1 / 16
@@ -42,7 +54,19 @@ def test_token_classification(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
     valid = write_jsonl(tmp_path / "valid.jsonl", rows[32:])
     out = tmp_path / "out"
-    results = run_qat.main(["--model_name", str(model), "--task", "token-classification", "--train_file", train, "--validation_file", valid, *common(out)])
+    results = run_qat.main(
+        [
+            "--model_name",
+            str(model),
+            "--task",
+            "token-classification",
+            "--train_file",
+            train,
+            "--validation_file",
+            valid,
+            *common(out),
+        ]
+    )
     check_outputs(out, results)
     assert results["metric"] == "f1" and results["values"]["int8_onnx"] is not None
     config = json.loads((out / "config.json").read_text())
@@ -56,7 +80,9 @@ def test_causal_lm(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", text[:20])
     valid = write_jsonl(tmp_path / "valid.jsonl", text[20:])
     out = tmp_path / "out"
-    results = run_qat.main(["--model_name", str(model), "--task", "causal-lm", "--train_file", train, "--validation_file", valid, *common(out)])
+    results = run_qat.main(
+        ["--model_name", str(model), "--task", "causal-lm", "--train_file", train, "--validation_file", valid, *common(out)]
+    )
     check_outputs(out, results)
     v = results["values"]
     assert results["metric"] == "perplexity" and v["fp32"] > 1 and v["int8_onnx"] == pytest.approx(v["int8"], rel=0.05)
@@ -69,7 +95,9 @@ def test_image_classification(tmp_path):
     run_qat = load_script()
     mdir = tmp_path / "model"
     torch.manual_seed(0)
-    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).save_pretrained(mdir)
+    ViTForImageClassification(
+        ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    ).save_pretrained(mdir)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(mdir)
     rows = []
     for i in range(24):
@@ -81,7 +109,19 @@ def test_image_classification(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows[:16])
     valid = write_jsonl(tmp_path / "valid.jsonl", rows[16:])
     out = tmp_path / "out"
-    results = run_qat.main(["--model_name", str(mdir), "--task", "image-classification", "--train_file", train, "--validation_file", valid, *common(out)])
+    results = run_qat.main(
+        [
+            "--model_name",
+            str(mdir),
+            "--task",
+            "image-classification",
+            "--train_file",
+            train,
+            "--validation_file",
+            valid,
+            *common(out),
+        ]
+    )
     check_outputs(out, results)
     assert results["values"]["int8_onnx"] is not None
 
@@ -120,10 +160,14 @@ def test_unreachable_model_and_missing_head(tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     clip = tmp_path / "clip"
-    CLIPTextModel(CLIPTextConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)).save_pretrained(clip)
+    CLIPTextModel(
+        CLIPTextConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    ).save_pretrained(clip)
     save_tokenizer(clip)
     with pytest.raises(run_qat.RunError, match="has no model class for task token-classification"):
-        run_qat.main(["--model_name", str(clip), "--task", "token-classification", "--train_file", tok_train, *common(tmp_path / "o2")])
+        run_qat.main(
+            ["--model_name", str(clip), "--task", "token-classification", "--train_file", tok_train, *common(tmp_path / "o2")]
+        )
 
 
 def test_push_to_hub_without_token_fails_at_start(tmp_path, monkeypatch):
@@ -133,7 +177,19 @@ def test_push_to_hub_without_token_fails_at_start(tmp_path, monkeypatch):
     train = write_jsonl(tmp_path / "train.jsonl", sentences(16))
     model = tiny_text_model(tmp_path / "model")
     with pytest.raises(run_qat.RunError, match="--push_to_hub needs a token"):
-        run_qat.main(["--model_name", str(model), "--train_file", train, "--push_to_hub", "true", "--hub_model_id", "me/x", *common(tmp_path / "o")])
+        run_qat.main(
+            [
+                "--model_name",
+                str(model),
+                "--train_file",
+                train,
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "me/x",
+                *common(tmp_path / "o"),
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -164,9 +220,23 @@ def test_two_processes_then_resume_in_one(tmp_path):
         port = s.getsockname()[1]
     args = common(out) + ["--save_strategy", "steps", "--save_steps", "2", "--num_train_epochs", "2"]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), str(ROOT / "scripts" / "run_qat.py"),
-        "--model_name", str(model), "--train_file", train, "--validation_file", valid, *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(ROOT / "scripts" / "run_qat.py"),
+        "--model_name",
+        str(model),
+        "--train_file",
+        train,
+        "--validation_file",
+        valid,
+        *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -179,8 +249,19 @@ def test_two_processes_then_resume_in_one(tmp_path):
 
     run_qat = load_script()
     resumed = run_qat.main(
-        ["--model_name", str(model), "--train_file", train, "--validation_file", valid, *common(tmp_path / "single"),
-         "--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoints[0])]
+        [
+            "--model_name",
+            str(model),
+            "--train_file",
+            train,
+            "--validation_file",
+            valid,
+            *common(tmp_path / "single"),
+            "--num_train_epochs",
+            "2",
+            "--resume_from_checkpoint",
+            str(checkpoints[0]),
+        ]
     )
     assert resumed["world_size"] == 1 and resumed["values"]["int8_onnx"] is not None
 

@@ -13,7 +13,11 @@ HF_CONFIGS = {
         "compression": {
             "algorithm": "quantization",
             "initializer": {
-                "range": {"num_init_samples": 64, "type": "percentile", "params": {"min_percentile": 0.01, "max_percentile": 99.99}},
+                "range": {
+                    "num_init_samples": 64,
+                    "type": "percentile",
+                    "params": {"min_percentile": 0.01, "max_percentile": 99.99},
+                },
                 "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
             },
             "activations": {"mode": "symmetric"},
@@ -25,7 +29,11 @@ HF_CONFIGS = {
         "compression": {
             "algorithm": "quantization",
             "initializer": {
-                "range": {"num_init_samples": 32, "type": "percentile", "params": {"min_percentile": 0.01, "max_percentile": 99.99}},
+                "range": {
+                    "num_init_samples": 32,
+                    "type": "percentile",
+                    "params": {"min_percentile": 0.01, "max_percentile": 99.99},
+                },
                 "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
             },
             "activations": {"mode": "symmetric"},
@@ -71,7 +79,10 @@ HF_CONFIGS = {
         "hw_config_type": "cpu",
         "compression": {
             "algorithm": "quantization",
-            "initializer": {"range": {"num_init_samples": 16, "type": "percentile"}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}},
+            "initializer": {
+                "range": {"num_init_samples": 16, "type": "percentile"},
+                "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
+            },
             "ignored_scopes": [
                 "{re}GPT2Model\\[transformer\\]/__add___0",
                 "{re}.*Attention\\[attn\\]/__truediv___0",
@@ -117,17 +128,42 @@ def test_every_documented_key_is_accepted():
                 "algorithm": "quantization",
                 "initializer": {
                     "range": [
-                        {"type": "threesigma", "num_init_samples": 8, "target_scopes": ["{re}.*"], "target_quantizer_group": "weights"},
-                        {"type": "min_max", "num_init_samples": 8, "ignored_scopes": ["x"], "target_quantizer_group": "activations"},
+                        {
+                            "type": "threesigma",
+                            "num_init_samples": 8,
+                            "target_scopes": ["{re}.*"],
+                            "target_quantizer_group": "weights",
+                        },
+                        {
+                            "type": "min_max",
+                            "num_init_samples": 8,
+                            "ignored_scopes": ["x"],
+                            "target_quantizer_group": "activations",
+                        },
                     ],
                     "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
                 },
                 "preset": "mixed",
-                "weights": {"mode": "symmetric", "bits": 4, "per_channel": True, "signed": True, "ignored_scopes": [], "target_scopes": []},
-                "activations": {"mode": "asymmetric", "bits": 6, "per_channel": False, "ignored_scopes": "a", "target_scopes": []},
+                "weights": {
+                    "mode": "symmetric",
+                    "bits": 4,
+                    "per_channel": True,
+                    "signed": True,
+                    "ignored_scopes": [],
+                    "target_scopes": [],
+                },
+                "activations": {
+                    "mode": "asymmetric",
+                    "bits": 6,
+                    "per_channel": False,
+                    "ignored_scopes": "a",
+                    "target_scopes": [],
+                },
                 "scope_overrides": {
                     "weights": {"{re}.*dense.*": {"bits": 8, "mode": "asymmetric", "per_channel": False}},
-                    "activations": {"{re}.*matmul.*": {"bits": 8, "signed": True, "initializer": {"range": {"type": "mean_min_max"}}}},
+                    "activations": {
+                        "{re}.*matmul.*": {"bits": 8, "signed": True, "initializer": {"range": {"type": "mean_min_max"}}}
+                    },
                 },
                 "ignored_scopes": ["{re}.*pooler.*"],
                 "target_scopes": ["{re}.*"],
@@ -150,23 +186,53 @@ def test_every_documented_key_is_accepted():
 @pytest.mark.parametrize(
     "config, path, fragment",
     [
-        ({"compression": {"algorithm": "quantization", "initializer": {"range": {"type": "minmax"}}}},
-         "$.compression.initializer.range.type", "mixed_min_max"),
+        (
+            {"compression": {"algorithm": "quantization", "initializer": {"range": {"type": "minmax"}}}},
+            "$.compression.initializer.range.type",
+            "mixed_min_max",
+        ),
         ({"compression": {"algorithm": "quantization", "weights": {"bitz": 8}}}, "$.compression.weights.bitz", "bits"),
         ({"compression": {"algorithm": "quantization", "activations": {"bits": 9}}}, "$.compression.activations.bits", "<= 8"),
         ({"compression": {"algorithm": "quantization", "activations": {"bits": 1}}}, "$.compression.activations.bits", ">= 2"),
         ({"compression": {"algorithm": "quantization", "preset": "fast"}}, "$.compression.preset", "performance"),
         ({"compression": {"algorithm": "quantization", "overflow_fix": True}}, "$.compression.overflow_fix", "string"),
         ({"compression": {"algorithm": "magnitude_sparsity"}}, "$.compression.algorithm", "quantization"),
-        ({"compression": [{"algorithm": "quantization"}, {"algorithm": "pruning"}]}, "$.compression[1].algorithm", "quantization"),
-        ({"compression": {"algorithm": "quantization", "quantize_outputs": True}}, "$.compression.quantize_outputs", "Not supported"),
-        ({"compression": {"algorithm": "quantization", "initializer": {"precision": {"type": "hawq"}}}},
-         "$.compression.initializer.precision", "mixed-precision"),
+        (
+            {"compression": [{"algorithm": "quantization"}, {"algorithm": "pruning"}]},
+            "$.compression[1].algorithm",
+            "quantization",
+        ),
+        (
+            {"compression": {"algorithm": "quantization", "quantize_outputs": True}},
+            "$.compression.quantize_outputs",
+            "Not supported",
+        ),
+        (
+            {"compression": {"algorithm": "quantization", "initializer": {"precision": {"type": "hawq"}}}},
+            "$.compression.initializer.precision",
+            "mixed-precision",
+        ),
         ({"compression": {"algorithm": "quantization", "params": {"base_lr": 0.1}}}, "$.compression.params.base_lr", "optimizer"),
-        ({"compression": {"algorithm": "quantization", "ignored_scopes": ["{re}(unclosed"]}}, "$.compression.ignored_scopes[0]", "regular expression"),
-        ({"compression": {"algorithm": "quantization", "initializer": {"range": {"params": {"min_percentile": 99, "max_percentile": 1}}}}},
-         "$.compression.initializer.range.params", "min_percentile < max_percentile"),
-        ({"target_device": "NPU", "compression": {"algorithm": "quantization", "preset": "mixed"}}, "$.compression.preset", "NPU"),
+        (
+            {"compression": {"algorithm": "quantization", "ignored_scopes": ["{re}(unclosed"]}},
+            "$.compression.ignored_scopes[0]",
+            "regular expression",
+        ),
+        (
+            {
+                "compression": {
+                    "algorithm": "quantization",
+                    "initializer": {"range": {"params": {"min_percentile": 99, "max_percentile": 1}}},
+                }
+            },
+            "$.compression.initializer.range.params",
+            "min_percentile < max_percentile",
+        ),
+        (
+            {"target_device": "NPU", "compression": {"algorithm": "quantization", "preset": "mixed"}},
+            "$.compression.preset",
+            "NPU",
+        ),
         ({"input_info": {"sample_size": "1x128"}}, "$.input_info.sample_size", "array"),
         ({"target_device": "TPU"}, "$.target_device", "CPU"),
         ({"compresion": {}}, "$.compresion", "compression"),

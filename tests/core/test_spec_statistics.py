@@ -58,8 +58,10 @@ def test_collectors(kind):
         "mixed_min_max": (allx.min(), np.mean([np.abs(b).max(axis=2) for b in batches])),
         "percentile": (np.percentile(allx, 1), np.percentile(allx, 99)),
         "mean_percentile": (np.mean([np.percentile(b, 1) for b in batches]), np.mean([np.percentile(b, 99) for b in batches])),
-        "threesigma": (np.median(allx) - 3 * np.median(np.abs(allx - np.median(allx))),
-                       np.median(allx) + 3 * np.median(np.abs(allx - np.median(allx)))),
+        "threesigma": (
+            np.median(allx) - 3 * np.median(np.abs(allx - np.median(allx))),
+            np.median(allx) + 3 * np.median(np.abs(allx - np.median(allx))),
+        ),
     }[kind]
     assert lo[0] == pytest.approx(expected[0]) and hi[0] == pytest.approx(expected[1])
 

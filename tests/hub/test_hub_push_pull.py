@@ -24,12 +24,24 @@ def logits(model, batch):
 def test_trainer_push_is_one_commit_and_pulls_back_bit_for_bit(hub, tmp_path):
     ds = tiny_text_dataset()
     args = QATTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, report_to=[], use_cpu=True, save_strategy="steps", save_steps=2,
-        disable_tqdm=True, num_calibration_samples=16, hub_model_id="test-user/bert-qat", eval_strategy="steps", eval_steps=4,
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=2,
+        disable_tqdm=True,
+        num_calibration_samples=16,
+        hub_model_id="test-user/bert-qat",
+        eval_strategy="steps",
+        eval_steps=4,
     )
     acc = hf_qat.load_metric("accuracy")
     trainer = QATTrainer(
-        model=tiny_bert(), args=args, train_dataset=ds, eval_dataset=ds,
+        model=tiny_bert(),
+        args=args,
+        train_dataset=ds,
+        eval_dataset=ds,
         compute_metrics=lambda p: acc.compute(predictions=p.predictions.argmax(-1), references=p.label_ids),
     )
     trainer.train()
@@ -62,7 +74,9 @@ def test_bare_api_push_with_model_card(hub):
     config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
     ctrl, model = create_compressed_model(tiny_bert(), config)
     results = {"task": "text-classification", "metric": "accuracy", "values": {"fp32": 0.91, "int8": 0.905, "int8_onnx": 0.905}}
-    hf_qat.push_to_hub(model, ctrl, "test-user/bare-qat", base_model="google-bert/bert-base-uncased", dataset="glue", results=results)
+    hf_qat.push_to_hub(
+        model, ctrl, "test-user/bare-qat", base_model="google-bert/bert-base-uncased", dataset="glue", results=results
+    )
     files = hub.files("test-user/bare-qat")
     assert QAT_FILES | {"qat_results.json"} <= set(files)
     from huggingface_hub import ModelCard
@@ -121,7 +135,19 @@ def test_run_qat_push_with_a_bad_token_fails_before_training(hub, tmp_path, monk
     train = write_jsonl(tmp_path / "train.jsonl", sentences(16))
     out = tmp_path / "out"
     with pytest.raises(run_qat.RunError, match="rejected the token"):
-        run_qat.main(["--model_name", str(model), "--train_file", train, *common(out), "--push_to_hub", "true", "--hub_model_id", "test-user/x"])
+        run_qat.main(
+            [
+                "--model_name",
+                str(model),
+                "--train_file",
+                train,
+                *common(out),
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "test-user/x",
+            ]
+        )
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -192,8 +218,16 @@ def test_failed_push_leaves_the_repo_unchanged(hub, tmp_path, no_backoff_sleep, 
 def test_hub_strategy_pushes_only_qat_files(hub, tmp_path):
     ds = tiny_text_dataset()
     args = QATTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, report_to=[], use_cpu=True, save_strategy="steps", save_steps=2,
-        disable_tqdm=True, num_calibration_samples=16, push_to_hub=True, hub_model_id="test-user/every-save",
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=2,
+        disable_tqdm=True,
+        num_calibration_samples=16,
+        push_to_hub=True,
+        hub_model_id="test-user/every-save",
         hub_strategy="every_save",
     )
     trainer = QATTrainer(model=tiny_bert(), args=args, train_dataset=ds)

@@ -121,8 +121,7 @@ def test_model_info_and_listing(uploaded: Upload, api: HfApi, server: HubServer)
     assert not api.file_exists("test-user/nope", "notes.txt")
 
 
-def test_downloads_return_identical_bytes(uploaded: Upload, api: HfApi, server: HubServer,
-                                          tmp_path: Path) -> None:
+def test_downloads_return_identical_bytes(uploaded: Upload, api: HfApi, server: HubServer, tmp_path: Path) -> None:
     for name, data in uploaded.files.items():
         path = hf_hub_download("test-user/demo", name, endpoint=server.url, cache_dir=tmp_path / "c1")
         assert Path(path).read_bytes() == data
@@ -205,11 +204,15 @@ def _post_commit(server: HubServer, repo_id: str, lines: list[dict]) -> tuple[in
 def test_commit_with_unuploaded_lfs_object_is_rejected_atomically(api: HfApi, server: HubServer) -> None:
     api.create_repo("test-user/atomic")
     before = server.commits("test-user/atomic")
-    status, body = _post_commit(server, "test-user/atomic", [
-        {"key": "header", "value": {"summary": "half", "description": ""}},
-        {"key": "file", "value": {"path": "ok.txt", "content": "aGk=", "encoding": "base64"}},
-        {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 3}},
-    ])
+    status, body = _post_commit(
+        server,
+        "test-user/atomic",
+        [
+            {"key": "header", "value": {"summary": "half", "description": ""}},
+            {"key": "file", "value": {"path": "ok.txt", "content": "aGk=", "encoding": "base64"}},
+            {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 3}},
+        ],
+    )
     assert status == 422 and "never uploaded" in body["error"]
     assert server.commits("test-user/atomic") == before and "ok.txt" not in server.files("test-user/atomic")
 
@@ -234,8 +237,9 @@ def test_lfs_put_dropped_connection_is_retried(api: HfApi, server: HubServer, no
 
 
 @pytest.mark.parametrize("status, times, waits", [(500, 6, [1, 2, 4, 8, 8]), (403, 1, [])])
-def test_lfs_put_failure_creates_no_commit(api: HfApi, server: HubServer, no_backoff_sleep: list[float],
-                                           status: int, times: int, waits: list[float]) -> None:
+def test_lfs_put_failure_creates_no_commit(
+    api: HfApi, server: HubServer, no_backoff_sleep: list[float], status: int, times: int, waits: list[float]
+) -> None:
     repo_id = f"test-user/broken-{status}"
     api.create_repo(repo_id)
     server.faults.append(Fault(method="PUT", path_contains="/lfs/", status=status, times=times))
@@ -248,8 +252,9 @@ def test_lfs_put_failure_creates_no_commit(api: HfApi, server: HubServer, no_bac
 
 
 @pytest.mark.parametrize("path, retried", [("/preupload/", True), ("/objects/batch", True), ("/commit/", False)])
-def test_500_on_other_upload_steps(api: HfApi, server: HubServer, no_backoff_sleep: list[float], path: str,
-                                   retried: bool) -> None:
+def test_500_on_other_upload_steps(
+    api: HfApi, server: HubServer, no_backoff_sleep: list[float], path: str, retried: bool
+) -> None:
     repo_id = "test-user/steps-" + path.strip("/").replace("/", "-")
     api.create_repo(repo_id)
     server.faults.append(Fault(method="POST", path_contains=path, status=500))
@@ -270,14 +275,14 @@ def test_500_on_other_upload_steps(api: HfApi, server: HubServer, no_backoff_sle
         assert [m for m, p in server.requests if p.startswith(f"/{repo_id}.git/info/lfs/objects/")].count("PUT") == 1
 
 
-def test_transformers_push_to_hub_and_from_pretrained(server: HubServer, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transformers_push_to_hub_and_from_pretrained(server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     patch_clients(monkeypatch, server, tmp_path / "hf_home")  # after the import: resets transformers' cached HfApi
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                     intermediate_size=64)
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+    )
     model = transformers.BertModel(config)
     model.push_to_hub("test-user/tiny-bert", commit_message="push tiny bert")  # no token/endpoint arguments
     assert server.commits("test-user/tiny-bert")[0].message == "push tiny bert"

@@ -23,11 +23,7 @@ from hf_qat.keras.trainer import KerasQATArguments, KerasQATTrainer
 from hf_qat.utils import jsonfile
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-VOCAB = (
-    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    + [f"w{i}" for i in range(45)]
-    + ["good", "bad", "movie", "great", "awful"]
-)
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(45)] + ["good", "bad", "movie", "great", "awful"]
 
 
 def tiny_bert(dropout=0.0, with_preprocessor=False):
@@ -44,12 +40,8 @@ def tiny_bert(dropout=0.0, with_preprocessor=False):
     pre = None
     if with_preprocessor:
         tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB)
-        pre = keras_hub.models.BertTextClassifierPreprocessor(
-            tokenizer, sequence_length=16
-        )
-    return keras_hub.models.BertTextClassifier(
-        backbone, num_classes=2, preprocessor=pre, dropout=dropout
-    )
+        pre = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
+    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=pre, dropout=dropout)
 
 
 def bert_data(n=32, seq=16, seed=0):
@@ -80,13 +72,9 @@ def variables_of(model):
 
 def test_trainer_trains_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     ds, _feats = bert_data()
-    full = KerasQATTrainer(
-        tiny_bert(), args(tmp_path / "a"), train_dataset=ds, eval_dataset=ds
-    )
+    full = KerasQATTrainer(tiny_bert(), args(tmp_path / "a"), train_dataset=ds, eval_dataset=ds)
     full.train()
-    assert sorted(os.listdir(tmp_path / "a" / "out" / "checkpoints"))[:1] == [
-        "checkpoint"
-    ]
+    assert sorted(os.listdir(tmp_path / "a" / "out" / "checkpoints"))[:1] == ["checkpoint"]
     expected = variables_of(full.model)
 
     first = KerasQATTrainer(
@@ -132,9 +120,7 @@ def test_trainer_evaluates_exports_and_onnx_accuracy_matches(tmp_path):
     tf_metrics = trainer.evaluate()
     exports = trainer.export()
     assert set(exports) == {"frozen_graph", "saved_model", "onnx"}
-    assert (tmp_path / "out" / "model.pb").is_file() and (
-        tmp_path / "out" / "saved_model" / "saved_model.pb"
-    ).is_file()
+    assert (tmp_path / "out" / "model.pb").is_file() and (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
     onnx_metrics = trainer.evaluate_onnx()
     assert onnx_metrics["onnx_samples"] == 32
     assert abs(onnx_metrics["onnx_accuracy"] - tf_metrics["eval_accuracy"]) <= 1 / 32
@@ -142,9 +128,7 @@ def test_trainer_evaluates_exports_and_onnx_accuracy_matches(tmp_path):
 
 def test_saved_folder_loads_with_keras_hub_and_restores_quantizers(tmp_path):
     ds, feats = bert_data()
-    trainer = KerasQATTrainer(
-        tiny_bert(), args(tmp_path, num_train_epochs=1), train_dataset=ds
-    )
+    trainer = KerasQATTrainer(tiny_bert(), args(tmp_path, num_train_epochs=1), train_dataset=ds)
     trainer.train()
     folder = trainer.save_model(str(tmp_path / "saved"))
     names = set(os.listdir(folder))
@@ -199,21 +183,12 @@ def test_push_to_hub_and_pull_back_with_keras_hub(hub, tmp_path):
         "model.weights.h5",
     } <= set(files)
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
-    card = (
-        files["README.md"].decode()
-        if isinstance(files["README.md"], bytes)
-        else files["README.md"]
-    )
+    card = files["README.md"].decode() if isinstance(files["README.md"], bytes) else files["README.md"]
     assert "library_name: keras" in card and "hf://test-user/bert-keras-qat" in card
-    assert (
-        json.loads(files["compression_state.json"])
-        == trainer.ctrl.get_compression_state()
-    )
+    assert json.loads(files["compression_state.json"]) == trainer.ctrl.get_compression_state()
 
     expected = trainer.model(feats, training=False).numpy()
-    pulled = keras_hub.models.BertTextClassifier.from_preset(
-        "hf://test-user/bert-keras-qat"
-    )
+    pulled = keras_hub.models.BertTextClassifier.from_preset("hf://test-user/bert-keras-qat")
     _ctrl, model = keras_io.restore_quantizers(pulled, "hf://test-user/bert-keras-qat")
     assert np.array_equal(model(feats, training=False).numpy(), expected)
 
@@ -268,9 +243,7 @@ def test_run_qat_tf_text_classification_on_a_preset(tmp_path):
     assert results["framework"] == "tensorflow" and results["eval_samples"] == 10
     values = results["values"]
     assert all(values[k] is not None for k in ("fp32", "int8", "int8_onnx"))
-    assert (
-        abs(values["int8"] - values["int8_onnx"]) <= 0.1 + 1e-9
-    )  # one of 10 eval rows
+    assert abs(values["int8"] - values["int8_onnx"]) <= 0.1 + 1e-9  # one of 10 eval rows
     for name in (
         "model.onnx",
         "model.pb",
@@ -281,10 +254,7 @@ def test_run_qat_tf_text_classification_on_a_preset(tmp_path):
     ):
         assert (out / name).is_file(), name
     ctrl, _model = keras_io.from_pretrained(out)
-    assert (
-        len(ctrl.quantizers)
-        == results["quantizers"]["weights"] + results["quantizers"]["activations"]
-    )
+    assert len(ctrl.quantizers) == results["quantizers"]["weights"] + results["quantizers"]["activations"]
 
 
 def test_run_qat_tf_rejects_unknown_task_before_loading(tmp_path):
@@ -331,16 +301,40 @@ def test_run_qat_tf_image_classification_on_a_vit_preset(tmp_path):
     data = tmp_path / "images.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "run"
-    results = run_qat.main([
-        "--framework", "tf", "--task", "image-classification", "--model_name", str(preset), "--train_file", str(data),
-        "--validation_split_percentage", "20",
-        "--num_train_epochs", "1", "--finetune_fp32_epochs", "2", "--learning_rate", "1e-3",
-        "--finetune_fp32_learning_rate", "1e-3", "--num_calibration_samples", "16", "--output_dir", str(out),
-        "--latency_runs", "2", "--per_device_train_batch_size", "8",
-    ])
+    results = run_qat.main(
+        [
+            "--framework",
+            "tf",
+            "--task",
+            "image-classification",
+            "--model_name",
+            str(preset),
+            "--train_file",
+            str(data),
+            "--validation_split_percentage",
+            "20",
+            "--num_train_epochs",
+            "1",
+            "--finetune_fp32_epochs",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--finetune_fp32_learning_rate",
+            "1e-3",
+            "--num_calibration_samples",
+            "16",
+            "--output_dir",
+            str(out),
+            "--latency_runs",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+        ]
+    )
     assert results["task"] == "image-classification" and results["eval_samples"] == 8
     points = json.loads((out / "compression_state.json").read_text())["builder_state"]["quantization"]["quantizer_setup"][
-        "quantization_points"]
+        "quantization_points"
+    ]
     weights = [p["target_point"]["target_node_name"] for p in points.values() if p["target_point"]["input_port_id"] is None]
     # patch conv, position table, q/k/v/o, two MLP denses, the head
     assert len(weights) == results["quantizers"]["weights"] == 9

@@ -63,9 +63,7 @@ def tiny_bert():
         intermediate_dim=32,
         max_sequence_length=32,
     )
-    return keras_hub.models.BertTextClassifier(
-        backbone, num_classes=2, preprocessor=None
-    )
+    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
 
 
 def bert_data(n=32, seq=16):
@@ -75,9 +73,7 @@ def bert_data(n=32, seq=16):
         "padding_mask": np.ones((n, seq), "int32"),
         "segment_ids": np.zeros((n, seq), "int32"),
     }
-    return tf.data.Dataset.from_tensor_slices((feats, rng.integers(0, 2, n))).batch(
-        8
-    ), feats
+    return tf.data.Dataset.from_tensor_slices((feats, rng.integers(0, 2, n))).batch(8), feats
 
 
 def tiny_cnn():
@@ -115,26 +111,16 @@ def test_functional_model_is_compressed_and_quantizers_train():
     assert (stats.wq_counter, stats.aq_counter, stats.num_per_channel) == (3, 3, 3)
     assert "d1" in ctrl.quantized_layers_table()
     # range init: input quantizer scale is the calibration abs-max
-    assert ctrl.quantizers["d1|INPUT0"].scale.numpy() == pytest.approx(
-        np.abs(x).max(), rel=1e-6
-    )
+    assert ctrl.quantizers["d1|INPUT0"].scale.numpy() == pytest.approx(np.abs(x).max(), rel=1e-6)
     # quantized outputs differ from float ones and lie on the grid of the last input quantizer
-    before = {
-        qid: [v.numpy().copy() for v in q.variables.values()]
-        for qid, q in ctrl.quantizers.items()
-    }
+    before = {qid: [v.numpy().copy() for v in q.variables.values()] for qid, q in ctrl.quantizers.items()}
     fit(model, ctrl, ds, epochs=2)
     changed = [
         qid
         for qid, q in ctrl.quantizers.items()
-        if any(
-            not np.array_equal(a, v.numpy())
-            for a, v in zip(before[qid], q.variables.values())
-        )
+        if any(not np.array_equal(a, v.numpy()) for a, v in zip(before[qid], q.variables.values()))
     ]
-    assert any("|INPUT0" in qid for qid in changed), (
-        "input quantizer ranges must train with model.fit"
-    )
+    assert any("|INPUT0" in qid for qid in changed), "input quantizer ranges must train with model.fit"
     assert {v.path for v in model.trainable_variables} >= {
         "d1/hf_qat_input_scale",
         "d1/hf_qat_weight_scale",
@@ -155,22 +141,16 @@ def test_keras_hub_bert_nested_layers_are_quantized():
         2,
         8,
     ]
-    assert (
-        len(ctrl.weight_quantizers) == 17 - 1
-    )  # 16 Dense/EinsumDense/Embedding; position table stays float
+    assert len(ctrl.weight_quantizers) == 17 - 1  # 16 Dense/EinsumDense/Embedding; position table stays float
     fit(model, ctrl, ds)
 
 
 def test_conv_model_and_staged_scheduler():
     rng = np.random.default_rng(0)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (rng.normal(size=(16, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 16))
-    ).batch(8)
+    ds = tf.data.Dataset.from_tensor_slices((rng.normal(size=(16, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 16))).batch(8)
     ctrl, model = compress(tiny_cnn(), ds, params={"activations_quant_start_epoch": 1})
     assert set(ctrl.quantizers) == {"conv", "conv|INPUT0", "head", "head|INPUT0"}
-    assert not ctrl.quantizers[
-        "conv|INPUT0"
-    ].enabled  # staged: activations off before epoch 1
+    assert not ctrl.quantizers["conv|INPUT0"].enabled  # staged: activations off before epoch 1
     seen = []
 
     class Probe(keras.callbacks.Callback):
@@ -193,9 +173,7 @@ def test_weights_saved_by_keras_stay_plain_and_loadable(tmp_path):
     model.save(tmp_path / "m.keras")
     plain = mlp()
     plain.load_weights(tmp_path / "m.weights.h5")
-    assert np.array_equal(
-        plain.get_layer("d1").kernel.numpy(), model.get_layer("d1").kernel.numpy()
-    )
+    assert np.array_equal(plain.get_layer("d1").kernel.numpy(), model.get_layer("d1").kernel.numpy())
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert type(loaded.get_layer("d1")) is keras.layers.Dense
 
@@ -205,43 +183,31 @@ def test_checkpoint_restore_is_bit_identical_without_range_init(tmp_path):
     ds, feats = bert_data()
     ctrl, model = compress(tiny_bert(), ds)
     fit(model, ctrl, ds)
-    path = tf.train.Checkpoint(
-        model=model, compression_state=hqk.CompressionState(ctrl)
-    ).write(str(tmp_path / "ckpt"))
+    path = tf.train.Checkpoint(model=model, compression_state=hqk.CompressionState(ctrl)).write(str(tmp_path / "ckpt"))
     expected = model(feats, training=False).numpy()
 
     state = hqk.load_compression_state(path)
     assert json.loads(json.dumps(state)) == ctrl.get_compression_state()
     # no calibration data registered: restoring must not need it
-    ctrl2, model2 = hqk.create_compressed_model(
-        tiny_bert(), quant_config(), compression_state=state
-    )
-    tf.train.Checkpoint(
-        model=model2, compression_state=hqk.CompressionState(ctrl2)
-    ).read(path).assert_existing_objects_matched()
+    ctrl2, model2 = hqk.create_compressed_model(tiny_bert(), quant_config(), compression_state=state)
+    tf.train.Checkpoint(model=model2, compression_state=hqk.CompressionState(ctrl2)).read(path).assert_existing_objects_matched()
     assert np.array_equal(model2(feats, training=False).numpy(), expected)
     for qid, q in ctrl.quantizers.items():
         for name, var in q.variables.items():
-            assert np.array_equal(
-                var.numpy(), ctrl2.quantizers[qid].variables[name].numpy()
-            ), (qid, name)
+            assert np.array_equal(var.numpy(), ctrl2.quantizers[qid].variables[name].numpy()), (qid, name)
 
 
 def test_quantizer_arrays_round_trip_and_mismatch_is_refused():
     ds, x = mlp_data()
     ctrl, model = compress(mlp(), ds)
     arrays = ctrl.quantizer_arrays()
-    ctrl2, model2 = hqk.create_compressed_model(
-        mlp(), quant_config(), compression_state=ctrl.get_compression_state()
-    )
+    ctrl2, model2 = hqk.create_compressed_model(mlp(), quant_config(), compression_state=ctrl.get_compression_state())
     bad = dict(arrays)
     bad["d1/scale"] = np.ones(5, np.float32)
     before = ctrl2.quantizers["d2"].scale.numpy().copy()
     with pytest.raises(CompressionStateError, match="d1/scale: shape"):
         ctrl2.load_quantizer_arrays(bad)
-    assert np.array_equal(
-        ctrl2.quantizers["d2"].scale.numpy(), before
-    )  # nothing assigned
+    assert np.array_equal(ctrl2.quantizers["d2"].scale.numpy(), before)  # nothing assigned
     ctrl2.load_quantizer_arrays(arrays)
     model2.set_weights(model.get_weights())
     assert np.array_equal(model2(x).numpy(), model(x).numpy())
@@ -252,9 +218,7 @@ def test_compression_state_of_another_model_is_refused_without_changes():
     ctrl, _ = compress(mlp(), ds)
     cnn = tiny_cnn()
     with pytest.raises(CompressionStateError, match="no layer at path 'd1'"):
-        hqk.create_compressed_model(
-            cnn, quant_config(), compression_state=ctrl.get_compression_state()
-        )
+        hqk.create_compressed_model(cnn, quant_config(), compression_state=ctrl.get_compression_state())
     assert not hqk.is_compressed(cnn)
 
 
@@ -274,33 +238,20 @@ def test_bert_exports_to_frozen_graph_saved_model_and_int8_onnx(tmp_path):
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString((tmp_path / "model.pb").read_bytes())
     ops = [n.op for n in graph_def.node]
-    assert (
-        ops.count("FakeQuantWithMinMaxVars") == 14
-        and ops.count("FakeQuantWithMinMaxVarsPerChannel") == 16
-    )
-    assert (
-        "VarHandleOp" not in ops and "ReadVariableOp" not in ops
-    )  # frozen: constants only
+    assert ops.count("FakeQuantWithMinMaxVars") == 14 and ops.count("FakeQuantWithMinMaxVarsPerChannel") == 16
+    assert "VarHandleOp" not in ops and "ReadVariableOp" not in ops  # frozen: constants only
     assert frozen.num_fake_quant == 30
 
     ctrl.export_model(str(tmp_path / "saved"), save_format="saved_model")
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
-    out = loaded.signatures["serving_default"](
-        **{k: tf.constant(v) for k, v in feats.items()}
-    )
+    out = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in feats.items()})
     np.testing.assert_allclose(next(iter(out.values())).numpy(), expected, atol=1e-5)
 
     result = ctrl.export_model(str(tmp_path / "model.onnx"), save_format="onnx")
     proto = onnx.load(str(tmp_path / "model.onnx"))
     q_nodes = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
-    assert q_nodes and all(
-        n.input[0] not in {t.name for t in proto.graph.initializer} for n in q_nodes
-    )
-    int8 = [
-        t
-        for t in proto.graph.initializer
-        if numpy_helper.to_array(t).dtype == np.int8 and t.dims and len(t.dims) >= 2
-    ]
+    assert q_nodes and all(n.input[0] not in {t.name for t in proto.graph.initializer} for n in q_nodes)
+    int8 = [t for t in proto.graph.initializer if numpy_helper.to_array(t).dtype == np.int8 and t.dims and len(t.dims) >= 2]
     assert len(int8) == result.num_int8_weights == 16
     assert all(r.ok for r in result.verification), "\n".join(map(str, result.verification))
     # within one quantisation step of TF on the logits, unoptimised ORT
@@ -323,9 +274,7 @@ def test_onnx_export_of_mlp_matches_tf_and_stores_int8_weights(tmp_path):
     assert proto.opset_import[0].version == 17
     unoptimized, optimized = result.verification
     assert unoptimized.ok and optimized.ok and unoptimized.quantizers.method == "own_input"
-    assert unoptimized.outputs[0].max_abs_diff <= float(
-        ctrl.quantizers["logits|INPUT0"].grid().step[0]
-    )
+    assert unoptimized.outputs[0].max_abs_diff <= float(ctrl.quantizers["logits|INPUT0"].grid().step[0])
 
 
 def test_quantizer_grid_is_the_contract_grid_tf_computes_on():
@@ -380,20 +329,14 @@ class OpaqueProjection(keras.layers.Layer):
 def test_custom_layer_with_a_matrix_is_an_error_not_silently_float():
     keras.utils.set_random_seed(0)
     inp = keras.Input((16,))
-    model = keras.Model(
-        inp, keras.layers.Dense(2, name="head")(OpaqueProjection(name="opaque")(inp))
-    )
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(OpaqueProjection(name="opaque")(inp)))
     ds = tf.data.Dataset.from_tensor_slices(np.zeros((8, 16), "float32")).batch(4)
-    with pytest.raises(
-        UnsupportedLayerError, match="'opaque' \\(OpaqueProjection\\) holds weight"
-    ):
+    with pytest.raises(UnsupportedLayerError, match="'opaque' \\(OpaqueProjection\\) holds weight"):
         compress(model, ds)
     assert not hqk.is_compressed(model)
     # excluded explicitly, it stays float and the rest is quantized
     config = hqk.register_default_init_args(
-        NNCFConfig.from_dict(
-            {"compression": {"algorithm": "quantization", "ignored_scopes": ["opaque"]}}
-        ),
+        NNCFConfig.from_dict({"compression": {"algorithm": "quantization", "ignored_scopes": ["opaque"]}}),
         ds,
     )
     ctrl, _ = hqk.create_compressed_model(model, config)
@@ -401,12 +344,8 @@ def test_custom_layer_with_a_matrix_is_an_error_not_silently_float():
 
 
 def test_dataset_with_wrong_structure_names_the_element_spec():
-    ds = tf.data.Dataset.from_tensor_slices(
-        (np.zeros((8, 16), "float32"), np.zeros((8, 16), "float32"), np.zeros(8))
-    ).batch(4)
-    bert_ds = tf.data.Dataset.from_tensor_slices(
-        ({"tokens": np.zeros((8, 4), "int32")}, np.zeros(8))
-    ).batch(4)
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((8, 16), "float32"), np.zeros((8, 16), "float32"), np.zeros(8))).batch(4)
+    bert_ds = tf.data.Dataset.from_tensor_slices(({"tokens": np.zeros((8, 4), "int32")}, np.zeros(8))).batch(4)
     model = tiny_bert()
     with pytest.raises(
         CalibrationError,
@@ -417,14 +356,10 @@ def test_dataset_with_wrong_structure_names_the_element_spec():
     with pytest.raises(CalibrationError, match="is a dict|feature tensor"):
         compress(
             mlp(),
-            tf.data.Dataset.from_tensor_slices(
-                {"a": np.zeros((8, 16), "float32")}
-            ).batch(4),
+            tf.data.Dataset.from_tensor_slices({"a": np.zeros((8, 16), "float32")}).batch(4),
         )
     ctrl, _ = compress(mlp(), ds)  # (x, y, sample_weight) is a valid element
-    assert ctrl.quantizers["d1|INPUT0"].scale.numpy() == pytest.approx(
-        1e-4
-    )  # all-zero inputs: smallest scale
+    assert ctrl.quantizers["d1|INPUT0"].scale.numpy() == pytest.approx(1e-4)  # all-zero inputs: smallest scale
 
 
 def test_scopes_that_match_nothing_and_empty_configs():
@@ -448,9 +383,7 @@ def test_subclassed_model_is_compressed_through_tracked_layers():
             return self.b(tf.nn.relu(self.a(x)))
 
     net = Net()
-    ds = tf.data.Dataset.from_tensor_slices(
-        np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
-    ).batch(4)
+    ds = tf.data.Dataset.from_tensor_slices(np.random.default_rng(0).normal(size=(8, 4)).astype("float32")).batch(4)
     config = hqk.register_default_init_args(
         NNCFConfig.from_dict(
             {
@@ -529,9 +462,7 @@ def test_mirrored_strategy_keeps_quantizers_identical_on_every_replica(tmp_path)
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
     assert report["replicas"] == 2
     per_replica = report["vars"]
-    assert per_replica and all(
-        v is not None and len(v) == 2 for v in per_replica.values()
-    ), per_replica
+    assert per_replica and all(v is not None and len(v) == 2 for v in per_replica.values()), per_replica
     for name, (r0, r1) in per_replica.items():
         assert r0 == r1, name
     trained = [k for k, v in report["before"].items() if per_replica[k][0] != v]

@@ -23,8 +23,17 @@ from hf_qat.core.schema import (
 
 #: Scopes that are valid patterns; names of the fuzz model's operations among them.
 SCOPES = ["Toy/NNCFLinear[fc1]/linear_0", "Toy/NNCFLinear[fc2]/linear_0", "{re}.*fc2.*", "{re}Toy/.*", "Toy/Linear[fc3]/linear_0"]
-_INFORMATIONAL = {"model", "num_classes", "batch_size", "epochs", "optimizer", "pretrained", "dataset", "log_dir",
-                  "accuracy_aware_training"}
+_INFORMATIONAL = {
+    "model",
+    "num_classes",
+    "batch_size",
+    "epochs",
+    "optimizer",
+    "pretrained",
+    "dataset",
+    "log_dir",
+    "accuracy_aware_training",
+}
 _REJECTED = {path for path, (bad, _) in UNSUPPORTED_KEYS.items() if bad is None}
 
 
@@ -51,7 +60,11 @@ def from_schema(schema: dict[str, Any], path: tuple[str, ...] = ()) -> st.Search
         hi = schema.get("maximum", 100)
         return st.floats(lo, hi, exclude_min="exclusiveMinimum" in schema, allow_nan=False)
     if kind == "string":
-        return st.sampled_from(SCOPES) if path and path[-1].endswith("scopes") or path[-2:-1] == ("ignored_scopes",) else st.text(max_size=8)
+        return (
+            st.sampled_from(SCOPES)
+            if path and path[-1].endswith("scopes") or path[-2:-1] == ("ignored_scopes",)
+            else st.text(max_size=8)
+        )
     if kind == "array":
         items = from_schema(schema.get("items", {"type": "string"}), path + ("[]",))
         return st.lists(items, min_size=schema.get("minItems", 0), max_size=3)
@@ -63,9 +76,9 @@ def from_schema(schema: dict[str, Any], path: tuple[str, ...] = ()) -> st.Search
         strategy = st.fixed_dictionaries(fixed, optional=optional)
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):  # scope_overrides: pattern -> override
-            strategy = st.tuples(strategy, st.dictionaries(st.sampled_from(SCOPES), from_schema(extra, path + ("*",)), max_size=2)).map(
-                lambda t: {**t[0], **t[1]}
-            )
+            strategy = st.tuples(
+                strategy, st.dictionaries(st.sampled_from(SCOPES), from_schema(extra, path + ("*",)), max_size=2)
+            ).map(lambda t: {**t[0], **t[1]})
         return strategy
     return st.just({})  # untyped objects ("optimizer": {"type": "object"} is handled above)
 
@@ -92,7 +105,10 @@ def _repair(entry: dict[str, Any], device: str) -> dict[str, Any]:
         params = r.get("params", {})
         lo, hi = params.get("min_percentile", 0.1), params.get("max_percentile", 99.9)
         if lo >= hi:
-            params["min_percentile"], params["max_percentile"] = min(lo, hi) / 2, max(lo, hi, 0.2) if max(lo, hi) > min(lo, hi) / 2 else 99.9
+            params["min_percentile"], params["max_percentile"] = (
+                min(lo, hi) / 2,
+                max(lo, hi, 0.2) if max(lo, hi) > min(lo, hi) / 2 else 99.9,
+            )
     if device in ("NPU", "VPU"):
         entry.pop("preset", None)
     return entry
@@ -131,9 +147,16 @@ def _set(config: Any, path: tuple[Any, ...], value: Any) -> None:
 
 def _is_free_form(path: tuple[Any, ...]) -> bool:
     """Objects whose content the schema leaves open (informational keys, scope-override patterns)."""
-    return bool(path) and (path[0] in _INFORMATIONAL or (len(path) >= 2 and path[-2:-1] in (("weights",), ("activations",))
-                                                          and "scope_overrides" in path and path[-1] not in ("weights", "activations")
-                                                          and len(path) == path.index("scope_overrides") + 2))
+    return bool(path) and (
+        path[0] in _INFORMATIONAL
+        or (
+            len(path) >= 2
+            and path[-2:-1] in (("weights",), ("activations",))
+            and "scope_overrides" in path
+            and path[-1] not in ("weights", "activations")
+            and len(path) == path.index("scope_overrides") + 2
+        )
+    )
 
 
 _WRONG_TYPE = {str: 3, bool: "yes", int: "8", float: "0.5", list: 7, dict: 7}
@@ -144,12 +167,29 @@ def broken_configs(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
     """``(config, json_path, how)``: a valid config with exactly one thing broken at ``json_path``."""
     config = draw(valid_configs())
     nodes = [(p, v) for p, v in _nodes(config) if not (p and p[0] in _INFORMATIONAL)]
-    how = draw(st.sampled_from(["unknown_key", "wrong_type", "bad_enum", "out_of_range", "unsupported", "no_algorithm",
-                                "percentiles", "bad_regex", "npu_preset"]))
+    how = draw(
+        st.sampled_from(
+            [
+                "unknown_key",
+                "wrong_type",
+                "bad_enum",
+                "out_of_range",
+                "unsupported",
+                "no_algorithm",
+                "percentiles",
+                "bad_regex",
+                "npu_preset",
+            ]
+        )
+    )
     entry_path: tuple[Any, ...] = ("compression", 0) if isinstance(config["compression"], list) else ("compression",)
     entry = config["compression"][0] if isinstance(config["compression"], list) else config["compression"]
     if how == "unknown_key":
-        objects = [(p, v) for p, v in nodes if isinstance(v, dict) and not (len(p) >= 1 and p[-1] in ("weights", "activations") and "scope_overrides" in p)]
+        objects = [
+            (p, v)
+            for p, v in nodes
+            if isinstance(v, dict) and not (len(p) >= 1 and p[-1] in ("weights", "activations") and "scope_overrides" in p)
+        ]
         path, obj = draw(st.sampled_from(objects))
         key = draw(st.sampled_from(["algorithms", "Bits", "ignored_scope", "mode ", "x"]))
         obj[key] = 1
@@ -166,24 +206,46 @@ def broken_configs(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
         _set(config, path, wrong)
         return config, json_path(path), how
     if how == "bad_enum":
-        enums = [(p, v) for p, v in nodes if p and p[-1] in ("mode", "type", "preset", "target_device", "overflow_fix",
-                                                             "hw_config_type", "filler", "target_quantizer_group")
-                 and isinstance(v, str)]
+        enums = [
+            (p, v)
+            for p, v in nodes
+            if p
+            and p[-1]
+            in ("mode", "type", "preset", "target_device", "overflow_fix", "hw_config_type", "filler", "target_quantizer_group")
+            and isinstance(v, str)
+        ]
         if not enums:
             return _npu(config, entry_path, entry)
         path, _ = draw(st.sampled_from(enums))
         _set(config, path, draw(st.sampled_from(["", "MinMax", "sym", "percentil", "CPU2"])))
         return config, json_path(path), how
     if how == "out_of_range":
-        numbers = [(p, v) for p, v in nodes if p and p[-1] in ("bits", "num_init_samples", "min_percentile", "max_percentile",
-                                                               "compression_lr_multiplier", "num_bn_adaptation_samples",
-                                                               "activations_quant_start_epoch", "weights_quant_start_epoch")]
+        numbers = [
+            (p, v)
+            for p, v in nodes
+            if p
+            and p[-1]
+            in (
+                "bits",
+                "num_init_samples",
+                "min_percentile",
+                "max_percentile",
+                "compression_lr_multiplier",
+                "num_bn_adaptation_samples",
+                "activations_quant_start_epoch",
+                "weights_quant_start_epoch",
+            )
+        ]
         if not numbers:
             entry["bits"] = 1
             return config, json_path(entry_path + ("bits",)), how
         path, _ = draw(st.sampled_from(numbers))
-        bad = {"bits": draw(st.sampled_from([0, 1, 9, 32, -8])), "min_percentile": -1, "max_percentile": 100.5,
-               "compression_lr_multiplier": draw(st.sampled_from([0, -1.0]))}.get(path[-1], -1)
+        bad = {
+            "bits": draw(st.sampled_from([0, 1, 9, 32, -8])),
+            "min_percentile": -1,
+            "max_percentile": 100.5,
+            "compression_lr_multiplier": draw(st.sampled_from([0, -1.0])),
+        }.get(path[-1], -1)
         _set(config, path, bad)
         return config, json_path(path), how
     if how == "unsupported":
@@ -193,13 +255,17 @@ def broken_configs(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
         parent = entry
         for p in parts[:-1]:
             parent = parent.setdefault(p, {})
-        parent[parts[-1]] = bad if bad is not None else ({} if parts[-1] == "precision" else ([] if "unified" in parts[-1] else 1))
+        parent[parts[-1]] = (
+            bad if bad is not None else ({} if parts[-1] == "precision" else ([] if "unified" in parts[-1] else 1))
+        )
         return config, json_path(entry_path + tuple(parts)), how
     if how == "no_algorithm":
         del entry["algorithm"]
         return config, json_path(entry_path), how
     if how == "percentiles":
-        entry.setdefault("initializer", {})["range"] = {"params": {"min_percentile": 60.0, "max_percentile": draw(st.sampled_from([60.0, 10.0]))}}
+        entry.setdefault("initializer", {})["range"] = {
+            "params": {"min_percentile": 60.0, "max_percentile": draw(st.sampled_from([60.0, 10.0]))}
+        }
         return config, json_path(entry_path + ("initializer", "range", "params")), how
     if how == "bad_regex":
         where = draw(st.sampled_from([(), ("weights",), ("activations",)]))

@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, settings
 
 PROFILE = os.environ.get("HF_QAT_HYPOTHESIS_PROFILE", "ci")
 _BASE = settings(
-    derandomize=PROFILE != "thorough", deadline=None, database=None, print_blob=True,
+    derandomize=PROFILE != "thorough",
+    deadline=None,
+    database=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 

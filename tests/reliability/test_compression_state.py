@@ -41,8 +41,14 @@ def bert(layers: int = 2, hidden: int = 32) -> torch.nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return BertForSequenceClassification(cfg).eval()
 
 
@@ -99,14 +105,25 @@ def test_load_state_with_mismatches_loads_nothing_on_resume(state_2_layers) -> N
 
 
 def test_mismatch_helpers_work_from_plain_names_and_shapes() -> None:
-    report = compare_named_shapes({"a": [2, 3], "b": [4], "x": [1]}, {"a": [2, 4], "b": [4], "c": [5], "c.enabled": []},
-                                  optional=lambda n: n.endswith(".enabled"))
+    report = compare_named_shapes(
+        {"a": [2, 3], "b": [4], "x": [1]},
+        {"a": [2, 4], "b": [4], "c": [5], "c.enabled": []},
+        optional=lambda n: n.endswith(".enabled"),
+    )
     assert report and report.shapes == [("a", (2, 3), (2, 4))] and report.missing == ["c"] and report.unexpected == ["x"]
-    assert report.describe() == "1 shape mismatch(es): a: checkpoint [2, 3] vs model [2, 4]; missing 1 key(s): c; unexpected 1 key(s): x"
+    assert (
+        report.describe()
+        == "1 shape mismatch(es): a: checkpoint [2, 3] vs model [2, 4]; missing 1 key(s): c; unexpected 1 key(s): x"
+    )
     assert not compare_named_shapes({"a": (1,)}, {"a": [1]})
     assert layer_pattern("h.11.mlp.c_fc") == "h.#.mlp.c_fc"
     layers = [f"h.{i}.{n}" for i in range(3) for n in ("attn", "mlp")] + ["head"]
-    assert unquantized_repeats(["h.0.attn", "h.0.mlp", "head"], layers, potential=3) == ["h.1.attn", "h.1.mlp", "h.2.attn", "h.2.mlp"]
+    assert unquantized_repeats(["h.0.attn", "h.0.mlp", "head"], layers, potential=3) == [
+        "h.1.attn",
+        "h.1.mlp",
+        "h.2.attn",
+        "h.2.mlp",
+    ]
     assert unquantized_repeats(["h.0.attn", "head"], layers, potential=7) == []  # a scope left the rest in float
 
 
@@ -132,9 +149,15 @@ def _paths(value: Any, path: tuple = ()) -> list[tuple]:
 
 
 JUNK = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 3), st.integers(2**40, 2**70), st.floats(allow_nan=True), st.text(max_size=4),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.integers(2**40, 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=4),
     st.sampled_from(["abc", "1", "-1", "OPERATOR_PRE_HOOK", "Toy/NNCFLinear[fc9]/linear_0", "symmetric"]),
-    st.lists(st.integers(-1, 5) | st.text(max_size=2), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.lists(st.integers(-1, 5) | st.text(max_size=2), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 
 
@@ -156,8 +179,9 @@ def test_malformed_compression_states_raise_compression_state_error(toy_state, d
     before = snapshot(model)
     try:
         parse_compression_state(state)
-        ctrl, _ = create_compressed_model(model, NNCFConfig.from_dict({"compression": {"algorithm": "quantization"}}),
-                                          compression_state=state)
+        ctrl, _ = create_compressed_model(
+            model, NNCFConfig.from_dict({"compression": {"algorithm": "quantization"}}), compression_state=state
+        )
     except CompressionStateError as e:
         assert str(e)
         assert_unchanged(model, before)

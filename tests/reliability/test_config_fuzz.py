@@ -55,12 +55,17 @@ def test_broken_configs_raise_config_error_naming_the_path(case: tuple[dict[str,
 
 
 JSON_LEAVES = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.sampled_from([float("nan"), float("inf"), -float("inf")])
-    | st.text(max_size=6) | st.sampled_from(SCOPES + ["{re}(", "{re}[a-", "quantization", "symmetric", "NPU"])
+    | st.text(max_size=6)
+    | st.sampled_from(SCOPES + ["{re}(", "{re}[a-", "quantization", "symmetric", "NPU"])
 )
-JUNK = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                    max_leaves=8)
+JUNK = st.recursive(
+    JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8
+)
 
 
 def _get(value: Any, path: tuple[Any, ...]) -> Any:
@@ -114,8 +119,13 @@ def test_junk_anywhere_is_accepted_or_refused_with_config_error(config: dict[str
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_numbers_are_refused(value: float) -> None:
     """NaN passes every JSON-schema range check (comparisons with NaN are false)."""
-    config = {"compression": {"algorithm": "quantization", "compression_lr_multiplier": value,
-                              "initializer": {"range": {"type": "percentile", "params": {"min_percentile": 0.5}}}}}
+    config = {
+        "compression": {
+            "algorithm": "quantization",
+            "compression_lr_multiplier": value,
+            "initializer": {"range": {"type": "percentile", "params": {"min_percentile": 0.5}}},
+        }
+    }
     with pytest.raises(ConfigError, match=r"\$\.compression\.compression_lr_multiplier.*a finite number"):
         validate_config(config)
     config["compression"]["compression_lr_multiplier"] = 1.0
@@ -125,8 +135,10 @@ def test_non_finite_numbers_are_refused(value: float) -> None:
 
 
 def test_oversized_input_info_is_refused_before_anything_is_allocated() -> None:
-    config = {"input_info": [{"sample_size": [1, 8]}, {"sample_size": [64, 3, 224224, 224]}],
-              "compression": {"algorithm": "quantization"}}
+    config = {
+        "input_info": [{"sample_size": [1, 8]}, {"sample_size": [64, 3, 224224, 224]}],
+        "compression": {"algorithm": "quantization"},
+    }
     with pytest.raises(ConfigError, match=r"\$\.input_info\[1\]\.sample_size.*at most 268435456 elements"):
         validate_config(config)
 
@@ -139,7 +151,7 @@ def json_texts(draw: st.DrawFn) -> bytes:
         return base[: draw(st.integers(0, len(base) - 1))]
     if how == "flip":
         i = draw(st.integers(0, len(base) - 1))
-        return base[:i] + bytes([draw(st.integers(0, 255))]) + base[i + 1:]
+        return base[:i] + bytes([draw(st.integers(0, 255))]) + base[i + 1 :]
     if how == "nest":
         n = draw(st.sampled_from([50, 5000, 200_000]))
         return b'{"compression": ' + b"[" * n + b"]" * n + b"}"
@@ -185,8 +197,10 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
     """Everything create_compressed_model could change: tensors, module classes, hooks, attributes, forwards."""
     return {
         "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "modules": [(n, type(m), dict(m._forward_pre_hooks), dict(m._forward_hooks), "forward" in m.__dict__)
-                    for n, m in model.named_modules()],
+        "modules": [
+            (n, type(m), dict(m._forward_pre_hooks), dict(m._forward_hooks), "forward" in m.__dict__)
+            for n, m in model.named_modules()
+        ],
         "attrs": sorted(model.__dict__),
         "params": [(n, p.requires_grad) for n, p in model.named_parameters()],
     }

@@ -20,14 +20,28 @@ from hf_qat import CheckpointError
 from hf_qat.transformers import QATTrainer, QATTrainingArguments, check_checkpoint
 
 WORKER = Path(__file__).with_name("train_worker.py")
-COMPLETE = {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "optimizer.pt",
-            "scheduler.pt", "rng_state.pth", "trainer_state.json"}
+COMPLETE = {
+    "model.safetensors",
+    "config.json",
+    "compression_state.json",
+    "nncf_config.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
+}
 
 
 def run_worker(out: Path, max_steps: int, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(WORKER), str(out), str(max_steps), *flags], check=False, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(WORKER), str(out), str(max_steps), *flags],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -81,8 +95,18 @@ def test_file_size_limit_during_save_raises_checkpoint_error_and_leaves_no_parti
 
 def _trainer(out: Path, **kw) -> QATTrainer:
     args = QATTrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=8, learning_rate=1e-3, max_steps=4, report_to=[], seed=0,
-        use_cpu=True, save_strategy="steps", save_steps=2, disable_tqdm=True, num_calibration_samples=16, **kw,
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=4,
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=2,
+        disable_tqdm=True,
+        num_calibration_samples=16,
+        **kw,
     )
     return QATTrainer(model=tiny_bert(), args=args, train_dataset=tiny_text_dataset())
 
@@ -114,9 +138,22 @@ def test_disk_full_while_writing_the_optimizer_state(tmp_path: Path, monkeypatch
 def test_rotation_and_best_checkpoint_use_final_names(tmp_path: Path) -> None:
     ds = tiny_text_dataset()
     args = QATTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=1e-3,
-        max_steps=6, report_to=[], seed=0, use_cpu=True, save_strategy="steps", save_steps=2, eval_strategy="steps",
-        eval_steps=2, disable_tqdm=True, num_calibration_samples=16, save_total_limit=1, load_best_model_at_end=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-3,
+        max_steps=6,
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        disable_tqdm=True,
+        num_calibration_samples=16,
+        save_total_limit=1,
+        load_best_model_at_end=True,
         metric_for_best_model="loss",
     )
     (tmp_path / ".checkpoint-2.tmp" / "checkpoint-2").mkdir(parents=True)  # left by a killed run

@@ -71,8 +71,9 @@ def test_the_hostile_file_really_runs_a_command_when_unpickled(tmp_path: Path, m
 @pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pth", "checkpoint.pt", "last.ckpt"])
 @pytest.mark.parametrize("kind", ["raw pickle", "torch.save"])
 def test_load_state_refuses_a_pickle_that_runs_code(tmp_path: Path, marker: Path, name: str, kind: str) -> None:
-    _, model = create_compressed_model(tiny_bert(), register_default_init_args(
-        NNCFConfig.from_dict(quant_config()), [inputs_of(b) for b in text_batches()]))
+    _, model = create_compressed_model(
+        tiny_bert(), register_default_init_args(NNCFConfig.from_dict(quant_config()), [inputs_of(b) for b in text_batches()])
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     path = hostile_file(tmp_path / name, marker, kind)
     with pytest.raises(CompressionStateError, match=rf"Refused to load {re.escape(str(path))}.*weights_only=True") as err:
@@ -115,9 +116,17 @@ def test_no_unsafe_loader_in_hf_qat_source() -> None:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    args = QATTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=2, save_steps=2,
-                                save_strategy="steps", report_to=[], use_cpu=True, disable_tqdm=True,
-                                num_calibration_samples=16)
+    args = QATTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        save_steps=2,
+        save_strategy="steps",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        num_calibration_samples=16,
+    )
     QATTrainer(model=tiny_bert(), args=args, train_dataset=tiny_text_dataset()).train()
     return out / "checkpoint-2"
 
@@ -127,8 +136,15 @@ def copy_of(checkpoint: Path, tmp_path: Path) -> Path:
 
 
 def resume(folder: Path, tmp_path: Path) -> None:
-    args = QATTrainingArguments(output_dir=str(tmp_path / "resumed"), per_device_train_batch_size=8, max_steps=4,
-                                report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no")
+    args = QATTrainingArguments(
+        output_dir=str(tmp_path / "resumed"),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
     QATTrainer(model=tiny_bert(), args=args, train_dataset=tiny_text_dataset()).train(resume_from_checkpoint=str(folder))
 
 
@@ -161,9 +177,23 @@ BAD_JSON = {
     "NaN": b'{"builder_state": NaN}',
     "duplicate keys": b'{"builder_state": {}, "builder_state": {}}',
     "huge integer": b'{"builder_state": ' + b"9" * 5000 + b"}",
-    "wrong types": json.dumps({"builder_state": {"quantization": {"quantizer_setup": {"quantization_points": {
-        "0": {"target_point": {"target_type": {"name": "OPERATION_WITH_WEIGHTS"}, "target_node_name": "x"},
-              "qspec": {"num_bits": "8", "scale_shape": [-1]}}}}, "version": 2}}}).encode(),
+    "wrong types": json.dumps(
+        {
+            "builder_state": {
+                "quantization": {
+                    "quantizer_setup": {
+                        "quantization_points": {
+                            "0": {
+                                "target_point": {"target_type": {"name": "OPERATION_WITH_WEIGHTS"}, "target_node_name": "x"},
+                                "qspec": {"num_bits": "8", "scale_shape": [-1]},
+                            }
+                        }
+                    },
+                    "version": 2,
+                }
+            }
+        }
+    ).encode(),
 }
 
 
@@ -180,8 +210,9 @@ def test_malformed_compression_state_json_is_refused_before_training(checkpoint:
 
 
 @pytest.mark.parametrize("name", ["compression_state.json", "config.json"])
-def test_oversized_json_is_refused_without_reading_it(checkpoint: Path, tmp_path: Path, name: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oversized_json_is_refused_without_reading_it(
+    checkpoint: Path, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hf_qat.utils import jsonfile
 
     folder = copy_of(checkpoint, tmp_path)
@@ -208,7 +239,9 @@ def test_malformed_quantization_config_in_config_json_fails_clearly_on_load(tmp_
     ctrl, model = create_compressed_model(tiny_bert(), config)
     folder = save_qat_model(model, ctrl, tmp_path / "saved")
     data = json.loads((folder / "config.json").read_text())
-    points = data["quantization_config"]["compression_state"]["builder_state"]["quantization"]["quantizer_setup"]["quantization_points"]
+    points = data["quantization_config"]["compression_state"]["builder_state"]["quantization"]["quantizer_setup"][
+        "quantization_points"
+    ]
     next(iter(points.values()))["qspec"]["scale_shape"] = [0]
     (folder / "config.json").write_text(json.dumps(data))
     with pytest.raises(CompressionStateError, match=r"scale_shape.*malformed"):

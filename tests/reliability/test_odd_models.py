@@ -60,8 +60,9 @@ def test_zero_size_nan_and_zero_activations_and_a_shared_module() -> None:
     out = model(x)
     assert torch.isfinite(out).all() and (out - reference).abs().max() < 0.2
     # the same quantizers come back from the compression state
-    ctrl2, model2 = create_compressed_model(Branches().eval(), NNCFConfig.from_dict(quant_config()),
-                                            compression_state=ctrl.get_compression_state())
+    ctrl2, model2 = create_compressed_model(
+        Branches().eval(), NNCFConfig.from_dict(quant_config()), compression_state=ctrl.get_compression_state()
+    )
     model2.load_state_dict(model.state_dict())
     assert list(ctrl2.quantizers) == ids and torch.equal(model2(x), out)
 

@@ -60,12 +60,26 @@ def main() -> None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     args = QATTrainingArguments(
-        output_dir=opts.out, per_device_train_batch_size=8, learning_rate=1e-3, max_steps=opts.max_steps, report_to=[],
-        seed=0, use_cpu=True, save_strategy="steps", save_steps=2, logging_steps=2, disable_tqdm=True,
-        num_calibration_samples=16, save_total_limit=3,
+        output_dir=opts.out,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=opts.max_steps,
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=2,
+        disable_tqdm=True,
+        num_calibration_samples=16,
+        save_total_limit=3,
     )
-    trainer = QATTrainer(model=tiny_bert(), args=args, train_dataset=tiny_text_dataset(),
-                         callbacks=[LimitFileSize()] if opts.fsize_limit_at else None)
+    trainer = QATTrainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=tiny_text_dataset(),
+        callbacks=[LimitFileSize()] if opts.fsize_limit_at else None,
+    )
     trainer.train(resume_from_checkpoint=True if opts.resume else None)
 
 

@@ -118,8 +118,14 @@ def test_plain_conv_model_with_tuple_loader_and_bn_adaptation():
     model = PlainConvNet()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.zeros(16)), batch_size=4)
     before = model.bn.running_mean.clone()
-    config = NNCFConfig.from_dict({"compression": {"algorithm": "quantization", "initializer": {
-        "range": {"num_init_samples": 8}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 8}}}})
+    config = NNCFConfig.from_dict(
+        {
+            "compression": {
+                "algorithm": "quantization",
+                "initializer": {"range": {"num_init_samples": 8}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 8}},
+            }
+        }
+    )
     ctrl, model = create_compressed_model(model, register_default_init_args(config, loader))
     assert ctrl.statistics().quantization.wq_counter == 2
     assert not torch.equal(model.bn.running_mean, before)
@@ -139,9 +145,13 @@ def test_seed_flow_resume_is_bit_identical():
         opt.zero_grad()
     ctrl.scheduler.epoch_step()
     checkpoint = {"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()}
-    checkpoint = json.loads(json.dumps({"compression_state": checkpoint["compression_state"]})) | {"state_dict": checkpoint["state_dict"]}
+    checkpoint = json.loads(json.dumps({"compression_state": checkpoint["compression_state"]})) | {
+        "state_dict": checkpoint["state_dict"]
+    }
     fresh = tiny_bert()
-    ctrl2, model2 = create_compressed_model(fresh, NNCFConfig.from_dict(quant_config()), compression_state=checkpoint["compression_state"])
+    ctrl2, model2 = create_compressed_model(
+        fresh, NNCFConfig.from_dict(quant_config()), compression_state=checkpoint["compression_state"]
+    )
     model2.load_state_dict(checkpoint["state_dict"])
     model.eval(), model2.eval()
     for b in batches:
@@ -154,7 +164,9 @@ def test_load_state_accepts_ddp_prefix_and_rejects_mismatch_on_resume():
     batches = text_batches()
     ctrl, model = compress(tiny_bert(), batches)
     sd = {"module." + k: v for k, v in model.state_dict().items()}
-    ctrl2, model2 = create_compressed_model(tiny_bert(), NNCFConfig.from_dict(quant_config()), compression_state=ctrl.get_compression_state())
+    ctrl2, model2 = create_compressed_model(
+        tiny_bert(), NNCFConfig.from_dict(quant_config()), compression_state=ctrl.get_compression_state()
+    )
     assert load_state(model2, sd, is_resume=True) == len(model.state_dict())
     bad = dict(sd)
     bad.pop(next(iter(bad)))
@@ -196,10 +208,13 @@ def test_statistics_switches_scheduler_and_strip():
 def test_scope_overrides_and_ignored_scopes_apply():
     batches = text_batches()
     ctrl, _ = compress(
-        tiny_bert(), batches,
+        tiny_bert(),
+        batches,
         ignored_scopes=["{re}.*NNCFEmbedding"],
-        scope_overrides={"weights": {"{re}.*classifier.*": {"bits": 4, "per_channel": False}},
-                         "activations": {"{re}.*matmul_1.*": {"mode": "asymmetric"}}},
+        scope_overrides={
+            "weights": {"{re}.*classifier.*": {"bits": 4, "per_channel": False}},
+            "activations": {"{re}.*matmul_1.*": {"mode": "asymmetric"}},
+        },
     )
     assert not any("NNCFEmbedding" in qid for qid in ctrl.quantizers)
     cls = next(q for qid, q in ctrl.quantizers.items() if "classifier" in qid and "|INPUT" not in qid)

@@ -27,8 +27,18 @@ def launch_two_ranks(out: Path, *worker_args: str) -> None:
     """Run dist_worker.py in 2 CPU processes with torch's launcher (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), str(HERE / "dist_worker.py"), str(out), *worker_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(HERE / "dist_worker.py"),
+        str(out),
+        *worker_args,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,7 +71,9 @@ def test_two_ranks_merge_statistics_and_stay_identical(tmp_path):
         [inputs_of(b) for b in text_batches(n=2, seed=100)],
     )
     ctrl0, _ = create_compressed_model(tiny_bert(), only0)
-    differs = [qid for qid, q in ctrl0.activation_quantizers.items() if not torch.equal(q.scale.detach(), merged[f"{qid}::scale"])]
+    differs = [
+        qid for qid, q in ctrl0.activation_quantizers.items() if not torch.equal(q.scale.detach(), merged[f"{qid}::scale"])
+    ]
     assert differs
 
 

@@ -187,7 +187,9 @@ def test_example_inputs_from_config_input_info_or_model_config(tmp_path):
     assert r1.input_names == ["input_ids", "attention_mask", "token_type_ids"]
     assert r1.dynamic_axes["input_ids"] == {0: "batch_size", 1: "sequence_length"}
     # NNCF input_info (batch 1 is widened to keep the batch axis dynamic)
-    cfg = NNCFConfig.from_dict({"input_info": [{"sample_size": [1, 8], "type": "long", "keyword": "input_ids"}], **quant_config()})
+    cfg = NNCFConfig.from_dict(
+        {"input_info": [{"sample_size": [1, 8], "type": "long", "keyword": "input_ids"}], **quant_config()}
+    )
     r2 = export_onnx(model, tmp_path / "b.onnx", config=cfg)
     assert r2.input_names == ["input_ids"] and r2.verification[0].ok
     # NNCF model_args layout for a positional model

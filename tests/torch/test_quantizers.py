@@ -23,11 +23,15 @@ def reference_symmetric(x, scale, ll, lh):
     return out.detach() + (x - x.detach()) * inside + (s - s.detach()) * grad_scale_term
 
 
-@pytest.mark.parametrize("bits,signed,narrow", [(8, True, False), (8, True, True), (8, False, False), (4, True, False), (2, True, False)])
+@pytest.mark.parametrize(
+    "bits,signed,narrow", [(8, True, False), (8, True, True), (8, False, False), (4, True, False), (2, True, False)]
+)
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_symmetric_forward_and_gradients_match_reference(bits, signed, narrow, per_channel):
     torch.manual_seed(0)
-    spec = QuantizerSpec(num_bits=bits, narrow_range=narrow, signedness_to_force=signed, scale_shape=(4, 1) if per_channel else (1,))
+    spec = QuantizerSpec(
+        num_bits=bits, narrow_range=narrow, signedness_to_force=signed, scale_shape=(4, 1) if per_channel else (1,)
+    )
     ll, lh = spec.levels(signed)
     x = (torch.randn(4, 300) * 2).requires_grad_()
     scale = (torch.rand(spec.scale_shape) + 0.5).requires_grad_()
@@ -54,7 +58,10 @@ def test_scale_gradient_outside_range_matches_finite_differences():
     out = fake_quantize_symmetric(x, scale, -128, 127)
     out.sum().backward()
     eps = 1e-3
-    fd = (fake_quantize_symmetric(x, scale.detach() + eps, -128, 127).sum() - fake_quantize_symmetric(x, scale.detach() - eps, -128, 127).sum()) / (2 * eps)
+    fd = (
+        fake_quantize_symmetric(x, scale.detach() + eps, -128, 127).sum()
+        - fake_quantize_symmetric(x, scale.detach() - eps, -128, 127).sum()
+    ) / (2 * eps)
     assert scale.grad.item() == pytest.approx(fd.item(), rel=1e-3)
     assert scale.grad.item() == pytest.approx(1 + 1 - 128 / 127, rel=1e-6)
 
@@ -127,7 +134,9 @@ def test_shared_quantizer_reuses_result_until_parameters_change():
     assert q(x) is not y1
 
 
-@pytest.mark.parametrize("mode,per_channel", [("symmetric", True), ("symmetric", False), ("asymmetric", False), ("asymmetric", True)])
+@pytest.mark.parametrize(
+    "mode,per_channel", [("symmetric", True), ("symmetric", False), ("asymmetric", False), ("asymmetric", True)]
+)
 def test_quantizer_grid_is_the_contract_grid_forward_computes_on(mode, per_channel):
     """The backend contract: ``grid()`` is a core ``Grid`` and ``forward`` outputs exactly its levels."""
     import numpy as np

@@ -17,7 +17,9 @@ def compressed(factory, batches):
     return create_compressed_model(factory(), config)
 
 
-@pytest.mark.parametrize("factory, auto, with_types", [(tiny_bert, AutoModelForSequenceClassification, True), (tiny_gpt2, AutoModelForCausalLM, False)])
+@pytest.mark.parametrize(
+    "factory, auto, with_types", [(tiny_bert, AutoModelForSequenceClassification, True), (tiny_gpt2, AutoModelForCausalLM, False)]
+)
 def test_from_pretrained_gives_the_same_logits(tmp_path, factory, auto, with_types):
     batches = [inputs_of(b) for b in text_batches(with_token_types=with_types)]
     ctrl, model = compressed(factory, batches)
@@ -44,7 +46,9 @@ def test_loaded_model_keeps_training_with_qat_trainer(tmp_path):
     ctrl, model = compressed(tiny_bert, batches)
     save_qat_model(model, ctrl, tmp_path / "saved")
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
-    args = QATTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    args = QATTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True
+    )
     trainer = QATTrainer(model=loaded, args=args, train_dataset=tiny_text_dataset())
     before = {k: v.clone() for k, v in loaded.state_dict().items()}
     trainer.train()
@@ -90,9 +94,13 @@ def test_compression_state_that_does_not_fit_the_model_is_refused(tmp_path):
     ctrl, model = compressed(tiny_bert, batches)
     save_qat_model(model, ctrl, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    points = config["quantization_config"]["compression_state"]["builder_state"]["quantization"]["quantizer_setup"]["quantization_points"]
+    points = config["quantization_config"]["compression_state"]["builder_state"]["quantization"]["quantizer_setup"][
+        "quantization_points"
+    ]
     first = next(iter(points.values()))
-    first["target_point"]["target_node_name"] = first["target_point"]["target_node_name"].replace("BertEmbeddings[embeddings]", "BertEmbeddings[missing]")
+    first["target_point"]["target_node_name"] = first["target_point"]["target_node_name"].replace(
+        "BertEmbeddings[embeddings]", "BertEmbeddings[missing]"
+    )
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(hf_qat.CompressionStateError, match="does not fit the model") as err:
         AutoModelForSequenceClassification.from_pretrained(tmp_path)

@@ -20,9 +20,19 @@ def compute_metrics(p):
 
 def make_args(out, **kw):
     base = dict(
-        output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=1e-3,
-        num_train_epochs=2, report_to=[], seed=0, use_cpu=True, save_strategy="steps", save_steps=4,
-        logging_steps=2, disable_tqdm=True, num_calibration_samples=16,
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-3,
+        num_train_epochs=2,
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=4,
+        logging_steps=2,
+        disable_tqdm=True,
+        num_calibration_samples=16,
     )
     base.update(kw)
     return QATTrainingArguments(**base)
@@ -31,7 +41,10 @@ def make_args(out, **kw):
 def test_train_saves_qat_checkpoints_and_exports(tmp_path):
     ds = tiny_text_dataset()
     trainer = QATTrainer(
-        model=tiny_bert(), args=make_args(tmp_path, export_onnx=True), train_dataset=ds, eval_dataset=ds,
+        model=tiny_bert(),
+        args=make_args(tmp_path, export_onnx=True),
+        train_dataset=ds,
+        eval_dataset=ds,
         compute_metrics=compute_metrics,
     )
     trainer.train()
@@ -108,7 +121,8 @@ def test_distillation_from_the_fp32_model(tmp_path):
     model = tiny_bert()
     teacher_before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = QATTrainer(
-        model=model, args=make_args(tmp_path, max_steps=4, distillation_weight=0.5, distillation_temperature=2.0),
+        model=model,
+        args=make_args(tmp_path, max_steps=4, distillation_weight=0.5, distillation_temperature=2.0),
         train_dataset=ds,
     )
     assert trainer.teacher is not None and trainer.teacher is not model
@@ -158,7 +172,9 @@ def test_bad_arguments():
 def test_optimizer_built_before_compression_is_refused(tmp_path):
     model = tiny_bert()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = QATTrainer(model=model, args=make_args(tmp_path, max_steps=1), train_dataset=tiny_text_dataset(), optimizers=(opt, None))
+    trainer = QATTrainer(
+        model=model, args=make_args(tmp_path, max_steps=1), train_dataset=tiny_text_dataset(), optimizers=(opt, None)
+    )
     with pytest.raises(ValueError, match="never train their ranges"):
         trainer.train()
 
@@ -166,7 +182,9 @@ def test_optimizer_built_before_compression_is_refused(tmp_path):
 def test_distillation_with_gradient_accumulation_is_scaled_like_the_task_loss(tmp_path):
     ds = tiny_text_dataset()
     trainer = QATTrainer(
-        model=tiny_bert(), args=make_args(tmp_path, max_steps=1, distillation_weight=1.0, gradient_accumulation_steps=4), train_dataset=ds
+        model=tiny_bert(),
+        args=make_args(tmp_path, max_steps=1, distillation_weight=1.0, gradient_accumulation_steps=4),
+        train_dataset=ds,
     )
     trainer.compress()
     batch = next(iter(trainer.get_train_dataloader()))

@@ -226,7 +226,9 @@ def _export_dynamo(wrapper: ExportWrapper, sig: ExportSignature, opset: int, tra
     return proto
 
 
-def _output_axes(model: nn.Module, sig: ExportSignature, reference: list[torch.Tensor]) -> tuple[dict[str, dict[int, str]], list[torch.Tensor], dict[str, torch.Tensor]]:
+def _output_axes(
+    model: nn.Module, sig: ExportSignature, reference: list[torch.Tensor]
+) -> tuple[dict[str, dict[int, str]], list[torch.Tensor], dict[str, torch.Tensor]]:
     """Dynamic axes of the outputs, found by running the model on inputs grown along each input axis."""
     if not sig.dynamic_axes:
         return {}, [], {}
@@ -307,7 +309,9 @@ def _write(proto: onnx.ModelProto, path: Path) -> int:
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
         # both files are written in a staging folder, then renamed into place: an interrupted export
         # never pairs an old graph with new weights (or the reverse)
-        onnx.save_model(proto, os.path.join(staging, path.name), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        onnx.save_model(
+            proto, os.path.join(staging, path.name), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name
+        )
         os.replace(os.path.join(staging, data_name), path.with_name(data_name))
         os.replace(os.path.join(staging, path.name), path)
     return path.stat().st_size + path.with_name(data_name).stat().st_size
@@ -448,8 +452,17 @@ def export_onnx(
     )
     file_size = _write(proto, path)
     result = ExportResult(
-        path, used, fallback_reason, summary.opset or opset, list(sig.input_names), list(sig.output_names),
-        {**sig.dynamic_axes, **output_axes}, summary, num_weights, num_activations, file_size,
+        path,
+        used,
+        fallback_reason,
+        summary.opset or opset,
+        list(sig.input_names),
+        list(sig.output_names),
+        {**sig.dynamic_axes, **output_axes},
+        summary,
+        num_weights,
+        num_activations,
+        file_size,
     )
     logger.info("hf_qat: exported %s", result)
     if verify:

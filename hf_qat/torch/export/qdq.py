@@ -211,4 +211,3 @@ def quantize(
     if clip is not None:
         q = _clip(q, clip[0], clip[1])
     return q
-

@@ -29,7 +29,15 @@ BATCH_AXIS = "batch_size"
 SEQUENCE_AXIS = "sequence_length"
 #: Inputs whose axis 1 is a sequence axis (besides any 2-d integer input).
 SEQUENCE_INPUTS = frozenset(
-    {"input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "decoder_input_ids", "decoder_attention_mask"}
+    {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "position_ids",
+        "inputs_embeds",
+        "decoder_input_ids",
+        "decoder_attention_mask",
+    }
 )
 _DROPPED_KWARGS = frozenset({"labels", "label", "label_ids"})
 
@@ -158,7 +166,9 @@ def _at_least_two(t: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:
     return t
 
 
-def grow_inputs(inputs: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def grow_inputs(
+    inputs: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]]
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Inputs grown along their dynamic axes, by a distinct amount per axis name (1, 2, 3 ...).
 
     Returns the grown inputs and the growth of each axis name.
@@ -262,14 +272,16 @@ def resolve_signature(
     return ExportSignature(names, tensors, num_positional, constants, dynamic_axes=axes)
 
 
-def resolve_outputs(
-    model: nn.Module, signature: ExportSignature, output_names: list[str] | None = None
-) -> list[torch.Tensor]:
+def resolve_outputs(model: nn.Module, signature: ExportSignature, output_names: list[str] | None = None) -> list[torch.Tensor]:
     """Run ``model`` once on the example inputs; fill the signature's outputs. Returns the output tensors."""
     sig = signature
     args = sig.args()
     with torch.no_grad():
-        out = model(*args[: sig.num_positional], **dict(zip(sig.input_names[sig.num_positional :], args[sig.num_positional :])), **sig.constants)
+        out = model(
+            *args[: sig.num_positional],
+            **dict(zip(sig.input_names[sig.num_positional :], args[sig.num_positional :])),
+            **sig.constants,
+        )
     found: list[tuple[str, tuple[Any, ...], torch.Tensor]] = []
 
     def walk(obj: Any, name: str, path: tuple[Any, ...]) -> None:
