@@ -92,6 +92,34 @@ print("ok")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
+def test_training_without_the_onnx_extra():
+    """The torch extra alone trains (QATTrainer, create_compressed_model); ONNX export names the onnx extra."""
+    proc = run_blocked(
+        ["onnx", "onnxruntime", "onnxscript", "openvino"],
+        """
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+import hf_qat
+from hf_qat import QATTrainer, QATTrainingArguments, create_compressed_model, register_default_init_args
+model = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=32))
+batch = {"input_ids": torch.randint(0, 32, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+config = register_default_init_args(hf_qat.NNCFConfig.from_dict(hf_qat.default_nncf_config(2)), [batch])
+ctrl, model = create_compressed_model(model, config)
+model(**batch).logits.sum().backward()
+assert "onnx" not in sys.modules
+try:
+    ctrl.export_model("m.onnx")
+except hf_qat.MissingDependencyError as e:
+    assert e.extra == "onnx" and e.package == "onnx", str(e)
+else:
+    raise AssertionError("exported without onnx")
+print("ok")
+""",
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 def test_import_with_neither_framework():
     proc = run_blocked(
         ["torch", "transformers", "tensorflow", "keras", "onnx", "onnxruntime", "openvino", "safetensors"],

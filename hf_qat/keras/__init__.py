@@ -22,7 +22,7 @@ require("tensorflow", feature="hf_qat.keras (the Keras 3 / TensorFlow backend)")
 require("keras", feature="hf_qat.keras (the Keras 3 / TensorFlow backend)")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
+import keras
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -30,13 +30,13 @@ if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the
         "Set KERAS_BACKEND=tensorflow before importing keras."
     )
 
-from ..utils.lazy import attach  # noqa: E402
-from .checkpoint import CompressionState, load_compression_state  # noqa: E402
-from .controller import CompressionCallback, CompressionStage, KerasQuantizationController  # noqa: E402
-from .export import KerasExportResult, export_keras  # noqa: E402
-from .init import KerasRangeInitArgs, register_default_init_args  # noqa: E402
-from .model_creation import create_compressed_model, is_compressed  # noqa: E402
-from .quantizers import KerasQuantizer  # noqa: E402
+from ..utils.lazy import attach
+from .checkpoint import CompressionState, load_compression_state
+from .controller import CompressionCallback, CompressionStage, KerasQuantizationController
+from .export import KerasExportResult, export_keras
+from .init import KerasRangeInitArgs, register_default_init_args
+from .model_creation import create_compressed_model, is_compressed
+from .quantizers import KerasQuantizer
 
 __getattr__, __dir__ = attach(
     __name__,

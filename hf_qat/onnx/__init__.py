@@ -1,4 +1,9 @@
-"""Framework-neutral ONNX tooling: run exported files in ONNX Runtime / OpenVINO, summarise and verify them."""
+"""Framework-neutral ONNX tooling: run exported files in ONNX Runtime / OpenVINO, summarise and verify them,
+name quantizers and rewrite graphs for both exporters. Needs the ``onnx`` extra."""
+
+from ..utils.imports import require
+
+require("onnx", feature="hf_qat.onnx (ONNX export, verification and runtimes)")
 
 from .runtime import RUNTIMES, OnnxRunner, load_runner
 from .summary import OnnxSummary, summarize

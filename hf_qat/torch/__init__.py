@@ -8,24 +8,24 @@ from ..utils.imports import require
 
 require("torch", feature="hf_qat.torch (the PyTorch backend)")
 
-from ..utils.lazy import attach  # noqa: E402
-from .checkpoint import load_state  # noqa: E402
-from .controller import CompressionStage, QuantizationController  # noqa: E402
-from .init import (  # noqa: E402
+from ..utils.lazy import attach
+from .checkpoint import load_state
+from .controller import CompressionStage, QuantizationController
+from .init import (
     BNAdaptationInitArgs,
     InitializingDataLoader,
     QuantizationRangeInitArgs,
     register_default_init_args,
 )
-from .layers import (  # noqa: E402
+from .layers import (
     NNCFConv1d,
     NNCFConv2d,
     NNCFConv3d,
     NNCFEmbedding,
     NNCFLinear,
 )
-from .model_creation import create_compressed_model  # noqa: E402
-from .quantizers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer  # noqa: E402
+from .model_creation import create_compressed_model
+from .quantizers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer
 
 __getattr__, __dir__ = attach(__name__, {"export": ["ExportResult", "export_onnx"], "export.verify": ["verify_onnx"]})
 

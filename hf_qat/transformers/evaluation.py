@@ -19,8 +19,6 @@ from torch import nn
 from transformers.loss.loss_utils import LOSS_MAPPING
 from transformers.trainer_utils import EvalPrediction
 
-from ..onnx.runtime import OnnxRunner
-
 __all__ = ["task_loss", "token_level_loss", "evaluate_onnx_file", "concat_padded"]
 
 IGNORE_INDEX = -100
@@ -109,7 +107,12 @@ def evaluate_onnx_file(
     ``labels``) and return ``{"<prefix>_loss": ..., "<prefix>_<metric>": ...}``.
 
     ``model`` supplies the task (its transformers loss); it is not run.
+
+    Raises:
+        [`MissingDependencyError`]: the ``onnx`` extra is not installed.
     """
+    from ..onnx.runtime import OnnxRunner  # the onnx extra is optional for training
+
     runner = OnnxRunner(path)
     all_logits, all_labels, losses, counts = [], [], [], []
     for batch in loader:

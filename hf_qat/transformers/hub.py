@@ -16,7 +16,6 @@ from ..core.layout import ONNX_NAME, RESULTS_NAME, quantization_config_dict, wri
 from ..errors import ExportError
 from ..hub.model_card import write_model_card
 from ..hub.push import push_qat_folder
-from ..torch.export import export_onnx
 from ..utils.io import atomic_write_text
 
 __all__ = ["save_qat_model", "push_to_hub", "task_of", "base_model_of"]
@@ -85,7 +84,10 @@ def push_to_hub(
     Raises:
         [`ExportError`]: the ONNX export failed (nothing was pushed).
         [`HubError`]: see :func:`hf_qat.hub.push_qat_folder`.
+        [`MissingDependencyError`]: the ``onnx`` extra is not installed.
     """
+    from ..torch.export import export_onnx  # the onnx extra is optional for training and saving
+
     with tempfile.TemporaryDirectory(prefix="hf_qat_push_") as tmp:
         save_qat_model(model, ctrl, tmp, processor)
         try:

@@ -33,7 +33,6 @@ from ..errors import CompressionStateError, ConfigError, ExportError
 from ..hub.model_card import write_model_card
 from ..hub.push import push_qat_folder
 from ..torch.controller import QuantizationController
-from ..torch.export import export_onnx
 from ..torch.init import register_default_init_args
 from ..torch.model_creation import create_compressed_model, is_compressed
 from .checkpointing import StagedCheckpoint, check_checkpoint
@@ -444,7 +443,13 @@ class QATTrainer(Trainer):
     # -- ONNX -----------------------------------------------------------------------------------------
     def export_onnx(self, path: str | os.PathLike | None = None, **kwargs: Any):
         """Export the trained model to INT8 ONNX (default ``<output_dir>/model.onnx``) on the main
-        process; example inputs come from one eval (or train) batch. Returns the ``ExportResult``."""
+        process; example inputs come from one eval (or train) batch. Returns the ``ExportResult``.
+
+        Raises:
+            [`MissingDependencyError`]: the ``onnx`` extra is not installed (training itself does not need it).
+        """
+        from ..torch.export import export_onnx  # the onnx extra is optional for training
+
         if self.compression_ctrl is None:
             raise ValueError("Nothing to export yet: train() (or compress()) first.")
         path = Path(path) if path is not None else Path(self.args.output_dir) / ONNX_NAME

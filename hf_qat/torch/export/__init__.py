@@ -8,8 +8,8 @@ from ...utils.imports import require
 require("onnx", feature="ONNX export (hf_qat.torch.export)")
 require("onnxruntime", feature="ONNX export verification (hf_qat.torch.export)")
 
-from .exporter import DEFAULT_OPSET, ExportResult, export_onnx  # noqa: E402
-from .prepare import onnx_export_mode  # noqa: E402
-from .qdq import QDQParams, qdq_params  # noqa: E402
+from .exporter import DEFAULT_OPSET, ExportResult, export_onnx
+from .prepare import onnx_export_mode
+from .qdq import QDQParams, qdq_params
 
 __all__ = ["DEFAULT_OPSET", "ExportResult", "export_onnx", "onnx_export_mode", "QDQParams", "qdq_params"]
