@@ -7,7 +7,8 @@ from typing import Any
 
 from ..core.algo_config import QuantizationSettings
 from ..core.config import NNCFConfig
-from ..core.state import parse_compression_state
+from ..core.pipeline import compress
+from ..core.state import QuantizerSetup
 from ..errors import ConfigError, UnsupportedLayerError
 from .controller import KerasQuantizationController
 from .init import KerasRangeInitArgs, run_range_init
@@ -70,39 +71,52 @@ def create_compressed_model(
         [`CalibrationError`]: calibration data that does not fit the model (nothing modified).
         [`CompressionStateError`]: a compression state that does not fit the model (nothing modified).
     """
-    if not isinstance(config, NNCFConfig):
-        config = NNCFConfig.from_dict(config)
-    settings = QuantizationSettings.from_config(config)
-    if not hasattr(model, "_flatten_layers"):
-        raise UnsupportedLayerError(
-            "<model>",
-            type(model).__name__,
-            "is not a Keras 3 model or layer; hf_qat.keras compresses keras.Model objects.",
-        )
-    if is_compressed(model):
-        raise ValueError("The model is already compressed by hf_qat; pass the original (float) model.")
-    setup = ctrl_state = None
-    if compression_state is not None:
-        setup, ctrl_state = parse_compression_state(compression_state)
-    range_args = config.get_extra_struct(KerasRangeInitArgs) if config.has_extra_struct(KerasRangeInitArgs) else None
-    _ensure_built(model, config)
-    if setup is None:
-        setup = build_quantizer_setup(model, settings)
-    quantizers = apply_setup(model, setup)
-    try:
-        ctrl = KerasQuantizationController(model, setup, quantizers, settings, config)
-        if ctrl_state is not None:
-            for q in quantizers.values():
-                q.initialized = True
-            ctrl.load_state(ctrl_state)
-        else:
-            run_range_init(model, quantizers, settings, range_args)
-    except BaseException:
-        remove_quantizers(model)
-        raise
+    ctrl, model = compress(model, config, compression_state, KerasBackend())
     logger.info(
         "hf_qat: %d weight and %d input quantizers inserted",
         len(ctrl.weight_quantizers),
         len(ctrl.activation_quantizers),
     )
     return ctrl, model
+
+
+class KerasBackend:
+    """The Keras hooks of :func:`hf_qat.core.pipeline.compress` (see [`CompressionBackend`])."""
+
+    def check_model(self, model: Any) -> None:
+        if not hasattr(model, "_flatten_layers"):
+            raise UnsupportedLayerError(
+                "<model>",
+                type(model).__name__,
+                "is not a Keras 3 model or layer; hf_qat.keras compresses keras.Model objects.",
+            )
+        if is_compressed(model):
+            raise ValueError("The model is already compressed by hf_qat; pass the original (float) model.")
+
+    def check_state(self, model: Any, setup: QuantizerSetup) -> None:
+        """Names and shapes are checked by ``apply_setup`` before any variable is created."""
+
+    def prepare(self, model: Any, config: NNCFConfig) -> None:
+        _ensure_built(model, config)
+
+    def build_setup(self, model: Any, config: NNCFConfig, settings: QuantizationSettings) -> QuantizerSetup:
+        return build_quantizer_setup(model, settings)
+
+    def insert(
+        self, model: Any, setup: QuantizerSetup, settings: QuantizationSettings, config: NNCFConfig
+    ) -> KerasQuantizationController:
+        return KerasQuantizationController(model, setup, apply_setup(model, setup), settings, config)
+
+    def restore(self, ctrl: KerasQuantizationController, ctrl_state: dict[str, Any]) -> None:
+        for q in ctrl.quantizers.values():
+            q.initialized = True
+        ctrl.load_state(ctrl_state)
+
+    def init_ranges(
+        self, model: Any, ctrl: KerasQuantizationController, config: NNCFConfig, settings: QuantizationSettings
+    ) -> None:
+        range_args = config.get_extra_struct(KerasRangeInitArgs) if config.has_extra_struct(KerasRangeInitArgs) else None
+        run_range_init(model, ctrl.quantizers, settings, range_args)
+
+    def undo(self, model: Any) -> None:
+        remove_quantizers(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,8 +13,9 @@ from torch import nn
 from ..core.algo_config import QuantizationSettings
 from ..core.config import NNCFConfig
 from ..core.mismatch import unquantized_repeats
-from ..core.state import QuantizerSetup, parse_compression_state
-from ..errors import CalibrationError, CompressionStateError, ConfigError, HfQatError
+from ..core.pipeline import compress
+from ..core.state import QuantizerSetup
+from ..errors import CalibrationError, CompressionStateError, ConfigError
 from .controller import QuantizationController
 from .distributed import is_distributed, merge_collectors_across_ranks
 from .init import (
@@ -108,44 +110,61 @@ def create_compressed_model(
         [`CalibrationError`]: calibration batches that cannot be fed to the model.
         [`CompressionStateError`]: a compression state that does not fit the model (nothing modified).
     """
-    if not isinstance(config, NNCFConfig):
-        config = NNCFConfig.from_dict(config)
-    settings = QuantizationSettings.from_config(config)
-    if is_compressed(model):
-        raise ValueError("The model is already compressed by hf_qat; pass the original (FP32) model.")
-    setup = ctrl_state = None
-    if compression_state is not None:
-        setup, ctrl_state = parse_compression_state(compression_state)
+    return compress(model, config, compression_state, TorchBackend(dummy_forward_fn))
+
+
+@dataclass
+class TorchBackend:
+    """The PyTorch hooks of :func:`hf_qat.core.pipeline.compress` (see [`CompressionBackend`]).
+
+    Args:
+        dummy_forward_fn: runs the model for tracing (default: the first calibration batch or ``input_info``).
+    """
+
+    dummy_forward_fn: Callable[[nn.Module], Any] | None = None
+    _previous_attn: str | None = field(default=None, init=False)
+
+    def check_model(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"create_compressed_model takes a torch.nn.Module, got {type(model).__name__}")
+        if is_compressed(model):
+            raise ValueError("The model is already compressed by hf_qat; pass the original (FP32) model.")
+
+    def check_state(self, model: nn.Module, setup: QuantizerSetup) -> None:
         check_setup_layer_count(model, setup)
 
-    range_args = (
-        config.get_extra_struct(QuantizationRangeInitArgs) if config.has_extra_struct(QuantizationRangeInitArgs) else None
-    )
-    bn_args = config.get_extra_struct(BNAdaptationInitArgs) if config.has_extra_struct(BNAdaptationInitArgs) else None
-    previous_attn = _switch_to_eager_attention(model)
-    try:
-        if setup is None:
-            forward = _example_forward(model, config, range_args, dummy_forward_fn)
-            trace = trace_model(model, forward)
-            setup = drop_empty_weight_points(model, build_quantizer_setup(model, trace, settings))
+    def prepare(self, model: nn.Module, config: NNCFConfig) -> None:
+        self._previous_attn = _switch_to_eager_attention(model)
+
+    def build_setup(self, model: nn.Module, config: NNCFConfig, settings: QuantizationSettings) -> QuantizerSetup:
+        forward = _example_forward(model, config, _extra(config, QuantizationRangeInitArgs), self.dummy_forward_fn)
+        trace = trace_model(model, forward)
+        return drop_empty_weight_points(model, build_quantizer_setup(model, trace, settings))
+
+    def insert(
+        self, model: nn.Module, setup: QuantizerSetup, settings: QuantizationSettings, config: NNCFConfig
+    ) -> QuantizationController:
         quantizers, hooks = apply_setup(model, setup)
-        ctrl = QuantizationController(model, setup, quantizers, hooks, settings, config)
-        if ctrl_state is not None:
-            ctrl.load_state(ctrl_state)
-        else:
-            # several ranks: each calibrates on its own data, the statistics are merged across ranks
-            merge = merge_collectors_across_ranks if is_distributed() else None
-            run_range_init(model, setup, quantizers, settings, range_args, merge_fn=merge)
-            run_bn_adaptation(model, settings, bn_args)
-    except BaseException as e:
-        _undo(model, previous_attn)
-        if compression_state is not None and isinstance(e, Exception) and not isinstance(e, HfQatError):
-            raise CompressionStateError(
-                f"The compression state could not be applied to {type(model).__name__} ({type(e).__name__}: {e}); "
-                "nothing was modified. Was it saved from this model architecture by hf_qat or NNCF?"
-            ) from e
-        raise
-    return ctrl, model
+        return QuantizationController(model, setup, quantizers, hooks, settings, config)
+
+    def restore(self, ctrl: QuantizationController, ctrl_state: dict[str, Any]) -> None:
+        ctrl.load_state(ctrl_state)
+
+    def init_ranges(
+        self, model: nn.Module, ctrl: QuantizationController, config: NNCFConfig, settings: QuantizationSettings
+    ) -> None:
+        # several ranks: each calibrates on its own data, the statistics are merged across ranks
+        merge = merge_collectors_across_ranks if is_distributed() else None
+        run_range_init(model, ctrl.setup, ctrl.quantizers, settings, _extra(config, QuantizationRangeInitArgs), merge_fn=merge)
+        run_bn_adaptation(model, settings, _extra(config, BNAdaptationInitArgs))
+
+    def undo(self, model: nn.Module) -> None:
+        _undo(model, self._previous_attn)
+
+
+def _extra(config: NNCFConfig, cls: type) -> Any:
+    """The ``register_default_init_args`` structure of type ``cls`` in ``config``, or ``None``."""
+    return config.get_extra_struct(cls) if config.has_extra_struct(cls) else None
 
 
 def drop_empty_weight_points(model: nn.Module, setup: QuantizerSetup) -> QuantizerSetup:
