@@ -10,8 +10,8 @@ CONFIG = {"compression": {"algorithm": "quantization"}}
 
 
 class RecordingBackend:
-    def __init__(self, fail_at=None, error=RuntimeError("boom")):
-        self.calls, self.fail_at, self.error = [], fail_at, error
+    def __init__(self, fail_at=None, error=None):
+        self.calls, self.fail_at, self.error = [], fail_at, error or RuntimeError("boom")
 
     def _step(self, name, result=None):
         self.calls.append(name)
