@@ -22,7 +22,8 @@ from typing import Any
 import tensorflow as tf
 
 from ..core.state import parse_compression_state
-from ..errors import CompressionStateError
+from ..errors import CompressionStateError, JSONFileError
+from ..utils.jsonfile import loads_json
 
 __all__ = ["CompressionState", "load_compression_state"]
 
@@ -47,11 +48,11 @@ class CompressionState(tf.train.experimental.PythonState):
         return json.dumps(self._ctrl.get_compression_state())
 
     def deserialize(self, string_value: Any) -> None:
-        text = string_value.decode() if isinstance(string_value, bytes) else str(string_value)
+        data = string_value if isinstance(string_value, bytes) else str(string_value)
         try:
-            self.state = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CompressionStateError(f"the checkpoint's compression state is not valid JSON: {e}") from e
+            self.state = loads_json(data, source="the checkpoint's compression state", strict=True)
+        except JSONFileError as e:
+            raise CompressionStateError(str(e)) from e
         parse_compression_state(self.state)
         if self._ctrl is not None:
             self._ctrl.load_state(self.state)

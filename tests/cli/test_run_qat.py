@@ -272,3 +272,35 @@ def test_two_processes_then_resume_in_one(tmp_path):
     proc = subprocess.run(cmd2, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads((again / "qat_results.json").read_text())["world_size"] == 2
+
+
+def test_one_argument_set_for_both_frameworks(tmp_path):
+    """--framework is an ordinary flag: values equal to 'tf' elsewhere stay arguments; the built-in defaults
+    are the chosen framework's; unknown flags and frameworks are errors naming them."""
+    from hf_qat.cli import RunError, parse_args
+
+    framework, (model_args, data_args, qat_args, run_args), builtin = parse_args(
+        [
+            "--framework",
+            "tf",
+            "--output_dir",
+            "tf",
+            "--model_name",
+            "x",
+            "--train_file",
+            "tf",
+            "--per_device_train_batch_size",
+            "4",
+        ]
+    )
+    assert framework == "tf" and not builtin and qat_args.output_dir == "tf" and data_args.train_file == "tf"
+    assert model_args.model_name == "x" and run_args.per_device_train_batch_size == 4
+    framework, (model_args, data_args, training_args), builtin = parse_args(["--output_dir", str(tmp_path)])
+    assert framework == "pt" and builtin and training_args.output_dir == str(tmp_path)
+    assert data_args.train_file == "<builtin:reviews>" and training_args.save_strategy == "no"
+    _, (_, _, tf_args, _), builtin = parse_args(["--framework", "keras"])
+    assert builtin and tf_args.output_dir == "qat_output_tf"
+    with pytest.raises(RunError, match="--framework 'jax'"):
+        parse_args(["--framework", "jax"])
+    with pytest.raises(SystemExit):  # argparse: unrecognized arguments (a TrainingArguments flag on the TF path)
+        parse_args(["--framework", "tf", "--model_name", "x", "--train_file", "f", "--gradient_accumulation_steps", "2"])
