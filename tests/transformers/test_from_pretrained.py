@@ -68,11 +68,14 @@ def test_without_hf_qat_transformers_loads_a_float_model(tmp_path, monkeypatch, 
     monkeypatch.delitem(auto.AUTO_QUANTIZER_MAPPING, "hf_qat")
     from transformers.utils import logging as hf_logging
 
+    verbosity = hf_logging.get_verbosity()  # process-wide: another test (the benchmark smoke run) may have lowered it
+    hf_logging.set_verbosity_warning()
     hf_logging.enable_propagation()
     try:
         plain = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     finally:
         hf_logging.disable_propagation()
+        hf_logging.set_verbosity(verbosity)
     assert not getattr(plain, "is_quantized", False) and not hasattr(plain, "_hf_qat_ctrl")
     assert "Unknown quantization type, got hf_qat" in caplog.text
     hf_qat.transformers.quantizer.register()  # idempotent re-registration
