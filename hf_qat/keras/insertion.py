@@ -9,6 +9,7 @@ points on its input port 0, exactly the ids the PyTorch backend writes (``<node>
 
 from __future__ import annotations
 
+import gc
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -314,6 +315,8 @@ def _copy(spec: QuantizerSpec) -> QuantizerSpec:
 
 
 def remove_quantizers(model: Any) -> None:
-    """Undo :func:`apply_setup` on every layer of ``model``."""
+    """Undo :func:`apply_setup` on every layer of ``model`` (the removed variables' buffers are freed by one
+    garbage collection at the end)."""
     for node in walk_layers(model):
         unquantize_layer(node.layer)
+    gc.collect()
