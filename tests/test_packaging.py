@@ -177,7 +177,8 @@ def test_no_import_cycles_inside_the_package():
 def test_layer_contract_and_lint():
     """The import-linter contracts of pyproject.toml (core <- hub <- torch/keras <- transformers <- cli, no framework in
     the core, no torch on the Keras side) and ruff's lint and format checks."""
-    lint = subprocess.run(["lint-imports"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    lint_imports = Path(sys.executable).parent / "lint-imports"  # import-linter's command, beside this Python
+    lint = subprocess.run([str(lint_imports)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert lint.returncode == 0 and "0 broken" in lint.stdout, lint.stdout[-3000:] + lint.stderr[-2000:]
     ruff = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "hf_qat", "scripts", "tests"], capture_output=True, text=True, cwd=ROOT
