@@ -9,7 +9,7 @@ from ..utils.imports import require
 require("torch", feature="hf_qat.torch (the PyTorch backend)")
 
 from ..utils.lazy import attach
-from .checkpoint import load_state
+from .checkpoint import load_checkpoint, load_state
 from .controller import CompressionStage, QuantizationController
 from .init import (
     BNAdaptationInitArgs,
@@ -33,6 +33,7 @@ __all__ = [
     "create_compressed_model",
     "register_default_init_args",
     "load_state",
+    "load_checkpoint",
     "export_onnx",
     "verify_onnx",
     "ExportResult",

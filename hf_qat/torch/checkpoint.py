@@ -1,17 +1,24 @@
-"""``load_state``: load a (possibly NNCF-named, possibly DDP-prefixed) state dict into a compressed model.
+"""``load_state``: load a (possibly NNCF-named, possibly DDP-prefixed) state dict into a compressed model;
+``load_checkpoint``: read a checkpoint file, NNCF 2.x ``.pth`` files included.
 
 Files are read without running code from them: ``.safetensors`` with safetensors, pickled formats
 (``.bin``, ``.pt``, ``.pth``, ``.ckpt``) only with ``torch.load(weights_only=True)``, which builds
-tensors and plain containers and refuses every other object a pickle names.
+tensors and plain containers and refuses every other object a pickle names. NNCF 2.x checkpoints
+(``torch.save({"state_dict": ..., "compression_state": ctrl.get_compression_state()})``) name two NNCF
+enums; they are built as hf_qat's own stand-ins (:class:`NNCFQuantizationScheme`,
+:class:`NNCFCompressionStage`) and turned into their plain values, so NNCF is never imported and the
+compression state reads exactly like its JSON form.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +26,14 @@ from torch import nn
 from ..core.mismatch import compare_named_shapes
 from ..errors import CompressionStateError
 
-__all__ = ["load_state", "load_state_dict_file", "normalize_state_dict_keys"]
+__all__ = [
+    "NNCFCompressionStage",
+    "NNCFQuantizationScheme",
+    "load_checkpoint",
+    "load_state",
+    "load_state_dict_file",
+    "normalize_state_dict_keys",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +64,83 @@ def normalize_state_dict_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
+class NNCFQuantizationScheme(str, enum.Enum):
+    """Stand-in for ``nncf.common.quantization.structs.QuantizationScheme`` while reading NNCF pickles."""
+
+    SYMMETRIC = "symmetric"
+    ASYMMETRIC = "asymmetric"
+
+
+class NNCFCompressionStage(enum.IntEnum):
+    """Stand-in for ``nncf.api.compression.CompressionStage`` while reading NNCF pickles."""
+
+    UNCOMPRESSED = 0
+    PARTIALLY_COMPRESSED = 1
+    FULLY_COMPRESSED = 2
+
+
+#: The only non-tensor classes a checkpoint may name: NNCF's enums, built as the stand-ins above.
+_ALLOWED_GLOBALS = [
+    (NNCFQuantizationScheme, "nncf.common.quantization.structs.QuantizationScheme"),
+    (NNCFCompressionStage, "nncf.api.compression.CompressionStage"),
+]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` in the JSON form of a compression state: the stand-in enums replaced by their values, tuples
+    (NNCF pickles shapes as tuples) by lists, integer keys (quantization point ids) by strings."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else str(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _load_pickle(path: str) -> Any:
+    try:
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            return _plain(torch.load(path, map_location="cpu", weights_only=True))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError) as e:
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        reason = (
+            f"it names {named.group(1)}" if named else (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        )
+        raise CompressionStateError(
+            f"Refused to load {path}: torch.load(weights_only=True) cannot read it ({reason}). hf_qat never "
+            "unpickles arbitrary objects, since a pickle can run any code when loaded (tensors, plain containers and "
+            "NNCF's two enums are read). If the file is yours and trusted, convert it to safetensors; otherwise delete it."
+        ) from e
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file as a dict, without running code from it.
+
+    For NNCF 2.x ``.pth`` files (and hf_qat's own ``torch.save``'d checkpoints) this is
+    ``{"state_dict": ..., "compression_state": ...}``, the compression state in its JSON form (NNCF's enums
+    as plain strings and integers), ready for ``create_compressed_model(..., compression_state=...)`` and
+    :func:`load_state`. ``.safetensors`` files give ``{"state_dict": ...}``.
+
+    Raises:
+        [`CompressionStateError`]: a missing file, an unknown extension, or a pickle naming anything beyond
+            tensors, plain types and NNCF's ``QuantizationScheme``/``CompressionStage`` (nothing in it is run).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CompressionStateError(f"load_checkpoint: {path} does not exist")
+    if path.endswith(".safetensors"):
+        return {"state_dict": load_state_dict_file(path)}
+    if not path.endswith(_PICKLE_SUFFIXES):
+        raise CompressionStateError(
+            f"load_checkpoint: {path} has an unknown extension; expected .safetensors or one of {_PICKLE_SUFFIXES}"
+        )
+    data = _load_pickle(path)
+    if not isinstance(data, dict):
+        raise CompressionStateError(f"load_checkpoint: {path} holds a {type(data).__name__}, not a checkpoint dict")
+    return data
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from ``path`` without executing anything stored in it.
 
@@ -72,15 +163,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as e:  # SafetensorError is not importable by a stable name
             raise CompressionStateError(f"load_state: {path} is not a valid safetensors file ({e})") from e
     elif path.endswith(_PICKLE_SUFFIXES):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CompressionStateError(
-                f"Refused to load {path}: torch.load(weights_only=True) cannot read it ({reason}). hf_qat never "
-                "unpickles arbitrary objects, since a pickle can run any code when loaded. If the file is yours and "
-                "trusted, convert it to safetensors; otherwise delete it."
-            ) from e
+        data = _load_pickle(path)
     else:
         raise CompressionStateError(
             f"load_state: {path} has an unknown extension; expected .safetensors or one of {_PICKLE_SUFFIXES}"
