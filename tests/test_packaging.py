@@ -207,7 +207,7 @@ def test_wheel_install_runs_run_qat_with_card_and_push(hub, tmp_path):
     scripts/run_qat.py end to end: training, INT8 ONNX, the model card from the packaged template, a push."""
     from run_qat_utils import common, sentences, tiny_text_model, write_jsonl
 
-    dist = tmp_path / "dist"
+    dist = tmp_path / "dist"  # built with the environment's setuptools (the dev extra pins >= 69, as pyproject's build)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
         check=True, capture_output=True, timeout=600,
