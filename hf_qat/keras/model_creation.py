@@ -21,7 +21,7 @@ from .insertion import (
 )
 from .layers import layer_quantizers
 
-__all__ = ["create_compressed_model", "is_compressed"]
+__all__ = ["KerasBackend", "create_compressed_model", "is_compressed"]
 
 logger = logging.getLogger(__name__)
 

@@ -26,17 +26,12 @@ from .init import (
     run_bn_adaptation,
     run_range_init,
 )
-from .inputs import example_forward_from_input_info, example_inputs_from_input_info
+from .inputs import example_forward_from_input_info
 from .insertion import CONTAINER_NAME, apply_setup, build_quantizer_setup
 from .layers import layer_kind, unwrap_module
 from .tracing import parse_node_name, trace_model
 
-__all__ = [
-    "create_compressed_model",
-    "example_forward_from_input_info",
-    "example_inputs_from_input_info",
-    "is_compressed",
-]
+__all__ = ["TorchBackend", "create_compressed_model", "is_compressed"]
 
 logger = logging.getLogger(__name__)
 

@@ -82,15 +82,15 @@ def test_nncf_enums_are_read_as_plain_values_without_nncf(tmp_path):
         "import json, sys, hf_qat\n"
         f"ckpt = hf_qat.load_checkpoint({str(path)!r})\n"
         "assert not any(m == 'nncf' or m.startswith('nncf.') for m in sys.modules)\n"
-        "print(json.dumps(ckpt['compression_state']), list(ckpt['state_dict']))\n"
+        "print(json.dumps({'state': ckpt['compression_state'], 'keys': list(ckpt['state_dict'])}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    state_json, keys = out.stdout.strip().split(" ['")
-    state = json.loads(state_json)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    state, keys = loaded["state"], loaded["keys"]
     point = state["builder_state"]["quantization"]["quantizer_setup"]["quantization_points"]["0"]
     assert point["qspec"] == {"mode": "symmetric", "scale_shape": [2, 1], "num_bits": 8}
-    assert state["ctrl_state"]["quantization"]["compression_stage"] == 2 and keys == "a.weight']"
+    assert state["ctrl_state"]["quantization"]["compression_stage"] == 2 and keys == ["a.weight"]
     ckpt = hf_qat.load_checkpoint(path)
     assert type(ckpt["compression_state"]["ctrl_state"]["quantization"]["compression_stage"]) is int
     assert torch.equal(hf_qat.torch.checkpoint.load_state_dict_file(path)["a.weight"], torch.ones(2, 3))
