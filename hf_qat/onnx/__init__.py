@@ -9,6 +9,7 @@ from .runtime import RUNTIMES, OnnxRunner, load_runner
 from .summary import OnnxSummary, summarize
 from .verify import (
     MAX_TIE_FRACTION,
+    MIN_TIE_COUNT,
     OutputComparison,
     QuantizerComparison,
     VerificationReport,
@@ -25,6 +26,7 @@ __all__ = [
     "OnnxSummary",
     "summarize",
     "MAX_TIE_FRACTION",
+    "MIN_TIE_COUNT",
     "OutputComparison",
     "QuantizerComparison",
     "compare_quantized",

@@ -19,6 +19,7 @@ from .runtime import OnnxRunner
 
 __all__ = [
     "MAX_TIE_FRACTION",
+    "MIN_TIE_COUNT",
     "OutputComparison",
     "QuantizerComparison",
     "VerificationReport",
@@ -53,6 +54,9 @@ class OutputComparison:
 
 #: Largest fraction of elements allowed to differ (by one step) at the first diverging quantizer.
 MAX_TIE_FRACTION = 1e-3
+#: Tie flips allowed at the first diverging quantizer however small it is (a tensor of a few hundred
+#: elements cannot hold a fraction of 1e-3 of a flip).
+MIN_TIE_COUNT = 2
 
 
 @dataclass
@@ -65,7 +69,8 @@ class QuantizerComparison:
     two computations see different inputs and, in a deep quantized network, differences compound
     (quantizing amplifies small perturbations into whole steps). The check therefore looks at the
     **first** quantizer, in execution order, where the two differ: a correct graph differs there by at
-    most one step in a tiny fraction of elements (at most :data:`MAX_TIE_FRACTION`); a wrong scale,
+    most one step in a tiny fraction of elements (at most :data:`MAX_TIE_FRACTION`, or
+    :data:`MIN_TIE_COUNT` elements in a small tensor); a wrong scale,
     zero point, grid or wiring differs by more.
 
     The Keras exporter checks differently (``method="own_input"``): TensorFlow and ONNX Runtime differ by
@@ -81,6 +86,7 @@ class QuantizerComparison:
         first_divergence: first quantizer (execution order) that differs at all, or ``None``.
         first_divergence_steps / first_divergence_fraction: its largest difference (in steps) and
             the fraction of its elements that differ.
+        first_divergence_count / first_divergence_size: how many of its elements differ, out of how many.
         method: ``"first_divergence"`` (PyTorch) or ``"own_input"`` (Keras).
         num_ties: ``own_input``: half-step inputs rounded the other way (allowed).
         off_grid: ``own_input``: quantizer id -> largest difference (steps) of a chain off the grid.
@@ -95,6 +101,8 @@ class QuantizerComparison:
     first_divergence: str | None = None
     first_divergence_steps: float = 0.0
     first_divergence_fraction: float = 0.0
+    first_divergence_count: int = 0
+    first_divergence_size: int = 0
     method: str = "first_divergence"
     num_ties: int = 0
     off_grid: dict[str, float] = field(default_factory=dict)
@@ -104,8 +112,9 @@ class QuantizerComparison:
     def ok(self) -> bool:
         if self.method == "own_input":
             return not self.off_grid and not self.missing
+        allowed = max(MAX_TIE_FRACTION * self.first_divergence_size, MIN_TIE_COUNT)
         return self.first_divergence is None or (
-            self.first_divergence_steps <= 1.0 + 1e-3 and self.first_divergence_fraction <= MAX_TIE_FRACTION
+            self.first_divergence_steps <= 1.0 + 1e-3 and self.first_divergence_count <= allowed
         )
 
     def merge(self, other: QuantizerComparison) -> QuantizerComparison:
@@ -123,6 +132,8 @@ class QuantizerComparison:
         merged.first_divergence = first.first_divergence
         merged.first_divergence_steps = first.first_divergence_steps
         merged.first_divergence_fraction = first.first_divergence_fraction
+        merged.first_divergence_count = first.first_divergence_count
+        merged.first_divergence_size = first.first_divergence_size
         return merged
 
 
@@ -183,7 +194,8 @@ class VerificationReport:
             else:
                 lines.append(
                     f"  {q.num_checked} activation quantizers: first difference at {q.first_divergence}: "
-                    f"{q.first_divergence_steps:.3g} step(s) in {q.first_divergence_fraction:.2e} of its elements; "
+                    f"{q.first_divergence_steps:.3g} step(s) in {q.first_divergence_count} of its "
+                    f"{q.first_divergence_size} elements ({q.first_divergence_fraction:.2e}); "
                     f"overall {q.num_differing} of {q.num_elements} elements differ, up to {q.max_steps:.3g} steps"
                 )
         limits = [f"max |diff| <= {self.atol:.3g}"] if self.atol is not None else []
@@ -191,7 +203,10 @@ class VerificationReport:
         if q is not None and q.method == "own_input":
             limits.append("every chain on the framework's grid (ties excepted)")
         elif q is not None:
-            limits.append(f"first differing quantizer within one step in <= {MAX_TIE_FRACTION:g} of its elements")
+            limits.append(
+                f"first differing quantizer within one step in <= {MAX_TIE_FRACTION:g} of its elements "
+                f"(or <= {MIN_TIE_COUNT} elements)"
+            )
         lines.append("  required: " + ", ".join(limits))
         return "\n".join(lines)
 
@@ -291,6 +306,8 @@ def compare_quantized(
             result.first_divergence = qid
             result.first_divergence_steps = worst
             result.first_divergence_fraction = differing / diff.size
+            result.first_divergence_count = differing
+            result.first_divergence_size = diff.size
     return result
 
 
