@@ -4,7 +4,8 @@
 {"builder_state": {"quantization": {
     "quantizer_setup": {
         "quantization_points": {"<qp_id>": {
-            "target_point": {"target_type": {"name": "OPERATION_WITH_WEIGHTS" | "OPERATOR_PRE_HOOK"},
+            "target_point": {"target_type": {"name": "OPERATION_WITH_WEIGHTS" | "OPERATOR_PRE_HOOK"
+                                             | "OPERATOR_POST_HOOK"},
                              "input_port_id": int | null, "target_node_name": str},
             "qspec": {num_bits, mode, signedness_to_force, narrow_range, half_range, scale_shape,
                       logarithm_scale, is_quantized_on_export, compression_lr_multiplier},
@@ -21,6 +22,10 @@
 In hf_qat a unified scale group is a set of quantization points that share one quantizer because
 they quantize the same tensor (for example the input shared by the query, key and value
 projections).
+
+hf_qat places activation quantizers on the inputs of their consumers (``OPERATOR_PRE_HOOK``); NNCF 2.x
+places most of them on the outputs of producers (``OPERATOR_POST_HOOK``, ids ending ``|OUTPUT``).
+Both are read and applied, so a state NNCF wrote restores into hf_qat as NNCF built it.
 """
 
 from __future__ import annotations
@@ -168,12 +173,13 @@ def validate_compression_state(state: Any) -> None:
 class TargetType:
     OPERATION_WITH_WEIGHTS = "OPERATION_WITH_WEIGHTS"
     OPERATOR_PRE_HOOK = "OPERATOR_PRE_HOOK"
-    ALL = (OPERATION_WITH_WEIGHTS, OPERATOR_PRE_HOOK)
+    OPERATOR_POST_HOOK = "OPERATOR_POST_HOOK"
+    ALL = (OPERATION_WITH_WEIGHTS, OPERATOR_PRE_HOOK, OPERATOR_POST_HOOK)
 
 
 @dataclass
 class QuantizationPoint:
-    """Where one quantizer acts: the weight of an operation, or one input of an operation."""
+    """Where one quantizer acts: the weight of an operation, one input of an operation, or its output."""
 
     target_type: str
     target_node_name: str
@@ -186,10 +192,16 @@ class QuantizationPoint:
         return self.target_type == TargetType.OPERATION_WITH_WEIGHTS
 
     @property
+    def is_output(self) -> bool:
+        return self.target_type == TargetType.OPERATOR_POST_HOOK
+
+    @property
     def quantizer_id(self) -> str:
-        """NNCF-style id: the node name, plus ``|INPUT<port>`` for activations."""
+        """NNCF-style id: the node name, plus ``|INPUT<port>`` (inputs) or ``|OUTPUT`` (outputs)."""
         if self.is_weight:
             return self.target_node_name
+        if self.is_output:
+            return f"{self.target_node_name}|OUTPUT"
         return f"{self.target_node_name}|INPUT{self.input_port_id}"
 
     def to_state(self) -> dict[str, Any]:
@@ -219,6 +231,8 @@ class QuantizationPoint:
             raise CompressionStateError(f"{where}: target_node_name {node!r}; expected a non-empty string.")
         if target_type == TargetType.OPERATOR_PRE_HOOK and not isinstance(port, int):
             raise CompressionStateError(f"{where}: input_port_id {port!r}; expected an integer for a pre-hook.")
+        if target_type != TargetType.OPERATOR_PRE_HOOK:
+            port = None
         names = state.get("directly_quantized_operator_node_names", [node])
         return cls(target_type, node, port, qspec, list(names))
 

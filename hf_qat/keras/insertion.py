@@ -259,6 +259,11 @@ def apply_setup(model: Any, setup: QuantizerSetup) -> dict[str, KerasQuantizer]:
                 )
             else:
                 plan.setdefault(node.path, {})["weight"] = qp
+        elif qp.is_output:
+            problems.append(
+                f"activation point {qp.quantizer_id!r}: quantizers on layer outputs (NNCF's OPERATOR_POST_HOOK) are "
+                "restored by the PyTorch backend only; Keras models quantize layer inputs"
+            )
         elif qp.input_port_id != 0 or not node.kind.quantize_input:
             problems.append(f"activation point {qp.quantizer_id!r}: a {node.kind.name} layer is quantized at input port 0 only")
         else:

@@ -9,7 +9,7 @@ from ..utils.imports import require
 require("torch", feature="hf_qat.torch (the PyTorch backend)")
 
 from ..utils.lazy import attach
-from .checkpoint import load_checkpoint, load_state
+from .checkpoint import load_checkpoint, load_state, to_nncf_state_dict
 from .controller import CompressionStage, QuantizationController
 from .init import (
     BNAdaptationInitArgs,
@@ -34,6 +34,7 @@ __all__ = [
     "register_default_init_args",
     "load_state",
     "load_checkpoint",
+    "to_nncf_state_dict",
     "export_onnx",
     "verify_onnx",
     "ExportResult",

@@ -33,6 +33,7 @@ __all__ = [
     "load_state",
     "load_state_dict_file",
     "normalize_state_dict_keys",
+    "to_nncf_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ _KEY_RENAMES = [
 _OPTIONAL_SUFFIXES = ("._num_bits", ".enabled")
 
 
+_EXTERNAL = "_hf_qat.external_quantizers."
+_NNCF_EXTERNAL = "_nncf.external_quantizers."
+
+
 def normalize_state_dict_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map DDP prefixes and NNCF legacy key names onto hf_qat's."""
     out = {}
@@ -58,6 +63,60 @@ def normalize_state_dict_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, 
         for pattern, repl in _KEY_RENAMES:
             new = pattern.sub(repl, new)
         out[new] = value
+    return out
+
+
+def _split_external(key: str, prefix: str) -> tuple[str, str] | None:
+    """``(quantizer id, parameter)`` of an external-quantizer key, or ``None`` for other keys."""
+    if not key.startswith(prefix):
+        return None
+    qid, _, param = key[len(prefix) :].rpartition(".")
+    return qid, param
+
+
+def canonical_quantizer_id(qid: str) -> str:
+    """A shared quantizer's id as NNCF 2.x writes it: its point ids sorted, joined by ``;``.
+
+    hf_qat joins a unified scale group's point ids in the group's order; NNCF sorts them. Both name
+    the same quantizer, so ids are compared (and written for NNCF) in this form.
+    """
+    return ";".join(sorted(qid.split(";")))
+
+
+def to_nncf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An hf_qat state dict under NNCF 2.x's key names, for ``nncf.torch.load_state(model, sd, is_resume=True)``.
+
+    ``<layer>.weight_quantizer.<p>`` becomes ``<layer>.pre_ops.0.op.<p>`` (NNCF keeps a layer's weight
+    quantizer as its first pre-op) and ``_hf_qat.external_quantizers.<id>.<p>`` becomes
+    ``_nncf.external_quantizers.<id>.<p>`` with a shared quantizer's id in NNCF's sorted form; ``module.``
+    (DDP) prefixes are dropped. Values are the same tensors. The result, with
+    ``ctrl.get_compression_state()``, is a checkpoint NNCF 2.19 restores with
+    ``create_compressed_model(model, config, compression_state=...)`` and ``load_state(..., is_resume=True)``.
+    """
+    out = {}
+    for key, value in normalize_state_dict_keys(dict(state_dict)).items():
+        parts = _split_external(key, _EXTERNAL)
+        if parts is not None:
+            key = f"{_NNCF_EXTERNAL}{canonical_quantizer_id(parts[0])}.{parts[1]}"
+        else:
+            key = key.replace(".weight_quantizer.", ".pre_ops.0.op.")
+        out[key] = value
+    return out
+
+
+def _match_shared_ids(incoming: dict[str, torch.Tensor], own: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Rename external-quantizer keys whose id names the model's quantizer in another point order."""
+    by_canonical = {}
+    for key in own:
+        parts = _split_external(key, _EXTERNAL)
+        if parts is not None:
+            by_canonical[(canonical_quantizer_id(parts[0]), parts[1])] = key
+    out = {}
+    for key, value in incoming.items():
+        parts = _split_external(key, _EXTERNAL)
+        if parts is not None and key not in own:
+            key = by_canonical.get((canonical_quantizer_id(parts[0]), parts[1]), key)
+        out[key] = value
     return out
 
 
@@ -197,6 +256,7 @@ def load_state(
     ignore = set(keys_to_ignore or ())
     incoming = {k: v for k, v in normalize_state_dict_keys(dict(state_dict_to_load)).items() if k not in ignore}
     own = model.state_dict()
+    incoming = _match_shared_ids(incoming, own)
     report = compare_named_shapes(
         {k: tuple(v.shape) for k, v in incoming.items()},
         {k: tuple(v.shape) for k, v in own.items() if k not in ignore},

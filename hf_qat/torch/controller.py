@@ -15,6 +15,7 @@ from ..core.config import NNCFConfig
 from ..core.controller import CompressionStage, QuantizationControllerBase
 from ..core.state import QuantizerSetup
 from ..errors import DistributedError
+from .checkpoint import to_nncf_state_dict
 from .insertion import CONTAINER_NAME
 from .layers import is_wrapped, unwrap_module
 from .op_hooks import OpHookManager
@@ -151,6 +152,21 @@ class QuantizationController(QuantizationControllerBase):
             config=self.config,
             **kwargs,
         )
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def nncf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state dict under NNCF 2.x's key names (see [`hf_qat.to_nncf_state_dict`]).
+
+        Saved with the compression state, it is a checkpoint NNCF 2.x restores::
+
+            torch.save({"state_dict": ctrl.nncf_state_dict(),
+                        "compression_state": ctrl.get_compression_state()}, "ckpt.pth")
+            # NNCF 2.x: ctrl, model = create_compressed_model(model, config, compression_state=ckpt["compression_state"])
+            #           load_state(model, ckpt["state_dict"], is_resume=True)
+
+        hf_qat's own ``load_state`` reads both key layouts.
+        """
+        return to_nncf_state_dict(self._model.state_dict())
 
     # -- inference model --------------------------------------------------------------------
     def strip(self, do_copy: bool = True) -> nn.Module:

@@ -25,7 +25,7 @@ from ..core.spec import QuantizerGroup, QuantizerSpec
 from ..core.state import QuantizationPoint, QuantizerSetup, TargetType
 from ..errors import CompressionStateError, NothingToQuantizeError
 from .layers import layer_kind, wrap_module
-from .op_hooks import MATMUL_OPS, SDPA_OP, SDPA_PROBS_PORT, OpHookManager
+from .op_hooks import MATMUL_OPS, OUTPUT_PORT, SDPA_OP, SDPA_PROBS_PORT, OpHookManager
 from .quantizers import BaseQuantizer, create_quantizer
 from .tracing import GraphTrace, parse_node_name
 
@@ -185,7 +185,7 @@ def apply_setup(model: nn.Module, setup: QuantizerSetup) -> tuple[dict[str, Base
                         f"weight shape {list(module.weight.shape)} (expected {expected} with one channel axis)"
                     )
                     continue
-        elif kind is not None and op == kind.op_name and qp.input_port_id != kind.input_port:
+        elif not qp.is_output and kind is not None and op == kind.op_name and qp.input_port_id != kind.input_port:
             problems.append(
                 f"activation point {qp.quantizer_id!r}: a {type(module).__name__} is quantized at input port {kind.input_port} only"
             )
@@ -219,7 +219,9 @@ def apply_setup(model: nn.Module, setup: QuantizerSetup) -> tuple[dict[str, Base
         for qp_id in group:
             module, op, idx, kind = resolved[qp_id]
             qp = setup.points[qp_id]
-            if kind is not None and op == kind.op_name:
+            if qp.is_output:
+                hooks.add(module, op, idx, OUTPUT_PORT, quantizer)
+            elif kind is not None and op == kind.op_name:
                 wrap_module(module, None, quantizer)
             else:
                 hooks.add(module, op, idx, qp.input_port_id, quantizer)

@@ -29,7 +29,8 @@ from .init import (
 from .inputs import example_forward_from_input_info
 from .insertion import CONTAINER_NAME, apply_setup, build_quantizer_setup
 from .layers import layer_kind, unwrap_module
-from .tracing import parse_node_name, trace_model
+from .op_hooks import MATMUL_OPS, SDPA_OP
+from .tracing import GraphTrace, parse_node_name, trace_model
 
 __all__ = ["TorchBackend", "create_compressed_model", "is_compressed"]
 
@@ -118,6 +119,7 @@ class TorchBackend:
 
     dummy_forward_fn: Callable[[nn.Module], Any] | None = None
     _previous_attn: str | None = field(default=None, init=False)
+    _restoring: bool = field(default=False, init=False)
 
     def check_model(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -127,6 +129,7 @@ class TorchBackend:
 
     def check_state(self, model: nn.Module, setup: QuantizerSetup) -> None:
         check_setup_layer_count(model, setup)
+        self._restoring = True
 
     def prepare(self, model: nn.Module, config: NNCFConfig) -> None:
         self._previous_attn = _switch_to_eager_attention(model)
@@ -139,6 +142,9 @@ class TorchBackend:
     def insert(
         self, model: nn.Module, setup: QuantizerSetup, settings: QuantizationSettings, config: NNCFConfig
     ) -> QuantizationController:
+        if self._restoring and needs_trace_check(model, setup):
+            forward = _example_forward(model, config, _extra(config, QuantizationRangeInitArgs), self.dummy_forward_fn)
+            check_points_traced(setup, trace_model(model, forward))
         quantizers, hooks = apply_setup(model, setup)
         return QuantizationController(model, setup, quantizers, hooks, settings, config)
 
@@ -209,6 +215,66 @@ def check_setup_layer_count(model: nn.Module, setup: QuantizerSetup) -> None:
             f"has {len(extra)} more layers in the same positions of repeated blocks, which would stay unquantized: "
             f"{shown}. The state was made for a smaller variant of this architecture (fewer layers); use the model "
             "it was saved with, or compress this model anew without compression_state. Nothing was modified."
+        )
+
+
+def needs_trace_check(model: nn.Module, setup: QuantizerSetup) -> bool:
+    """Whether ``setup`` has points beyond hf_qat's own placement (quantized layers and activation
+    products), as states NNCF 2.x wrote do: those name arbitrary operations by call count, and a name the
+    model's trace lacks would leave a quantizer that never runs, so they are checked against a trace."""
+    for qp in setup.points.values():
+        if qp.is_weight:
+            continue
+        if qp.is_output:
+            return True
+        try:
+            attrs, op, _ = parse_node_name(qp.target_node_name)
+            module = model.get_submodule(".".join(attrs))
+        except (ValueError, AttributeError):
+            continue  # reported by apply_setup
+        kind = layer_kind(module)
+        if op not in MATMUL_OPS and op != SDPA_OP and not (kind is not None and op == kind.op_name):
+            return True
+    return False
+
+
+def check_points_traced(setup: QuantizerSetup, trace: GraphTrace) -> None:
+    """Refuse a setup whose activation points name operations the model's trace does not have.
+
+    Names are compared by module path, operation and call index, so NNCF's wrapper class names
+    (``NNCFLayerNorm[LayerNorm]``) and classes transformers renamed (DistilBERT's ``MultiHeadSelfAttention``
+    is ``DistilBertSelfAttention`` in transformers 5) match; operations that exist in another
+    transformers version only (NNCF 2.x traced transformers 4: ``__iadd__``, ``__truediv__``, an attention
+    mask ``__add__``) do not, and are listed.
+
+    Raises:
+        [`CompressionStateError`]: naming the missing operations and, for each, what the model's module
+            runs instead (nothing modified).
+    """
+    traced: dict[str, dict[str, int]] = {}
+    for node in trace.nodes:
+        ops = traced.setdefault(node.module_path, {})
+        ops[node.op] = max(ops.get(node.op, 0), node.index + 1)
+    missing = []
+    for qp in setup.points.values():
+        try:
+            attrs, op, idx = parse_node_name(qp.target_node_name)
+        except ValueError:
+            continue  # reported by apply_setup
+        path = ".".join(attrs)
+        if path in traced and traced[path].get(op, 0) > idx:
+            continue
+        ops = traced.get(path, {})
+        runs = ", ".join(f"{o}_0..{n - 1}" if n > 1 else f"{o}_0" for o, n in sorted(ops.items())[:12]) or "nothing traced"
+        missing.append(f"{qp.quantizer_id} (module {path or '<root>'!r} runs: {runs})")
+    if missing:
+        shown = "\n  - ".join(missing[:10]) + (f"\n  ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise CompressionStateError(
+            f"The compression state names {len(missing)} operation(s) that this model does not run:\n  - {shown}\n"
+            "The state was traced from another model or another transformers version (NNCF 2.x under transformers 4 "
+            "names operations such as __iadd__, __truediv__ and the attention-mask __add__ that transformers 5 no "
+            "longer runs; the mask add also needs padded example inputs). Nothing was modified; re-create the state "
+            "with the transformers version installed here."
         )
 
 

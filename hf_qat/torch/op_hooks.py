@@ -1,10 +1,12 @@
-"""Quantizers on the inputs of functional operations (``Q @ K^T``, ``P @ V``, fused attention).
+"""Quantizers on the inputs and outputs of functional operations (``Q @ K^T``, ``P @ V``, fused
+attention, and for states NNCF 2.x wrote, any traced operation: ``layer_norm``, ``__add__``, ``linear`` ...).
 
-Activation-by-activation products are plain function calls, not modules, so they are reached with
-a ``TorchFunctionMode`` that is active only while a module owning such a quantization point runs
-(its descendants' own operations are skipped). Calls are counted per operation name within the
-owner, exactly like the tracer counts them, so the ``k``-th ``matmul`` of a module is the node
-``<scope>/matmul_<k>``.
+Functional operations are plain function calls, not modules, so they are reached with a
+``TorchFunctionMode`` that is active only while a module owning such a quantization point runs (its
+descendants' own operations, and the quantizers' own arithmetic, are skipped). Calls are counted per
+operation name within the owner, exactly like the tracer counts them, so the ``k``-th ``matmul`` of a
+module is the node ``<scope>/matmul_<k>``. A quantizer on port :data:`OUTPUT_PORT` acts on the
+operation's result (NNCF's ``OPERATOR_POST_HOOK``, ids ending ``|OUTPUT``).
 
 ``scaled_dot_product_attention`` is decomposed into ``softmax(Q K^T * scale + mask) V`` so that
 the attention probabilities can be quantized too: ports 0, 1, 2 are query, key, value and port 3
@@ -26,11 +28,13 @@ from torch.overrides import TorchFunctionMode
 from .quantizers import BaseQuantizer
 from .tracing import op_name
 
-__all__ = ["MATMUL_OPS", "SDPA_OP", "SDPA_PROBS_PORT", "OpHookManager", "quantized_sdpa"]
+__all__ = ["MATMUL_OPS", "SDPA_OP", "SDPA_PROBS_PORT", "OUTPUT_PORT", "OpHookManager", "quantized_sdpa"]
 
 MATMUL_OPS = frozenset({"matmul", "__matmul__", "bmm"})
 SDPA_OP = "scaled_dot_product_attention"
 SDPA_PROBS_PORT = 3
+#: Port key of a quantizer on an operation's output.
+OUTPUT_PORT = -1
 
 
 def quantized_sdpa(
@@ -100,19 +104,26 @@ class _OpHookMode(TorchFunctionMode):
         if frame is None or frame.hooks is None:
             return func(*args, **kwargs)
         name = op_name(func)
-        if name not in MATMUL_OPS and name != SDPA_OP:
+        if name is None:
             return func(*args, **kwargs)
         idx = frame.counters[name]
         frame.counters[name] = idx + 1
         ports = frame.hooks.get((name, idx))
         if not ports:
             return func(*args, **kwargs)
-        if name == SDPA_OP:
-            return quantized_sdpa(*args, **kwargs, quantizers=ports)
-        args = list(args)
-        for port, quantizer in ports.items():
-            args[port] = quantizer(args[port])
-        return func(*args, **kwargs)
+        output_quantizer = ports.get(OUTPUT_PORT)
+        inputs = {p: q for p, q in ports.items() if p != OUTPUT_PORT}
+        if name == SDPA_OP and inputs:
+            out = quantized_sdpa(*args, **kwargs, quantizers=inputs)
+        else:
+            if inputs:
+                args = list(args)
+                for port, quantizer in inputs.items():
+                    args[port] = quantizer(args[port])
+            out = func(*args, **kwargs)
+        if output_quantizer is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
+            out = output_quantizer(out)
+        return out
 
 
 def _is_alive(handle: Any) -> bool:
@@ -139,6 +150,7 @@ class OpHookManager:
         return {**self.__dict__, "_counters": {}, "handles": handles}
 
     def add(self, owner: nn.Module, op: str, index: int, port: int, quantizer: BaseQuantizer) -> None:
+        """Quantize input ``port`` (or the output, ``port=OUTPUT_PORT``) of the ``index``-th ``op`` call in ``owner``."""
         self.owners.setdefault(owner, {}).setdefault((op, index), {})[port] = quantizer
 
     def install(self) -> None:
@@ -150,6 +162,12 @@ class OpHookManager:
         for owner in self.owners:
             for m in owner.modules():
                 owned.add(m)
+        # quantizers run inside owners (a layer's input quantizer, a hook's quantizer): their arithmetic
+        # is not an operation of the owner and must not move its call counts
+        for ports in list(self.owners.values()):
+            for by_port in ports.values():
+                owned.update(by_port.values())
+        owned.update([m.__dict__["_hf_qat_input_quantizer"] for m in owned if "_hf_qat_input_quantizer" in m.__dict__])
         for m in owned:
             if m in self.owners:
                 self.handles.append(m.register_forward_pre_hook(self._owner_pre))
