@@ -191,10 +191,13 @@ def strip_model(model: nn.Module) -> nn.Module:
                 if wq is not None and wq.is_enabled_quantization:
                     m.weight.copy_(wq(m.weight))
                 iq = m.__dict__.get("_hf_qat_input_quantizer")
+                oq = m.__dict__.get("_hf_qat_output_quantizer")
                 unwrap_module(m)
                 if iq is not None:
                     # keep the input quantizer as a forward pre-hook on the restored layer
                     m.register_forward_pre_hook(_QuantizeFirstInput(iq))
+                if oq is not None:
+                    m.register_forward_hook(_QuantizeOutput(oq))
     container = getattr(model, CONTAINER_NAME, None)
     if container is not None:
         container.requires_grad_(False)
@@ -210,3 +213,13 @@ class _QuantizeFirstInput:
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         return (self.quantizer(args[0]), *args[1:])
+
+
+class _QuantizeOutput:
+    """Forward hook applying a quantizer to a layer's result (NNCF 2.x output quantizers on layers)."""
+
+    def __init__(self, quantizer: BaseQuantizer):
+        self.quantizer = quantizer
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.quantizer(output)

@@ -219,7 +219,9 @@ def apply_setup(model: nn.Module, setup: QuantizerSetup) -> tuple[dict[str, Base
         for qp_id in group:
             module, op, idx, kind = resolved[qp_id]
             qp = setup.points[qp_id]
-            if qp.is_output:
+            if qp.is_output and kind is not None and op == kind.op_name and idx == 0:
+                wrap_module(module, None, None, quantizer)  # the layer's result (also in export forwards)
+            elif qp.is_output:
                 hooks.add(module, op, idx, OUTPUT_PORT, quantizer)
             elif kind is not None and op == kind.op_name:
                 wrap_module(module, None, quantizer)

@@ -91,6 +91,8 @@ class QuantizedLayerMixin:
 
     The input quantizer, when there is one, is ``layer.__dict__["_hf_qat_input_quantizer"]``: not a
     submodule, since it belongs to the model's ``_hf_qat`` container and may be shared by several layers.
+    Likewise the output quantizer (``layer.__dict__["_hf_qat_output_quantizer"]``), which states NNCF 2.x
+    wrote place on a layer's result (``NNCFLinear[query]/linear_0|OUTPUT``).
     """
 
     weight_quantizer: BaseQuantizer | None
@@ -151,6 +153,7 @@ class QuantizedLayerMixin:
         d["_modules"].pop("weight_quantizer", None)
         d.pop("weight_quantizer", None)
         d.pop("_hf_qat_input_quantizer", None)
+        d.pop("_hf_qat_output_quantizer", None)
         self.__class__ = original
         return self
 
@@ -161,6 +164,10 @@ class QuantizedLayerMixin:
     def _hf_qat_quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         iq = self.__dict__.get("_hf_qat_input_quantizer")
         return x if iq is None else iq(x)
+
+    def _hf_qat_quantize_output(self, y: torch.Tensor) -> torch.Tensor:
+        oq = self.__dict__.get("_hf_qat_output_quantizer")
+        return y if oq is None else oq(y)
 
     def __reduce_ex__(self, protocol: int) -> Any:
         # Pickled as "the quantized class of <original class>" plus the state, so that classes made
@@ -214,12 +221,12 @@ class NNCFLinear(QuantizedLayerMixin, nn.Linear):
     """``nn.Linear`` with fake-quantized weight (per output channel) and input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._hf_qat_quantize_input(x), self._hf_qat_weight(), self.bias)
+        return self._hf_qat_quantize_output(F.linear(self._hf_qat_quantize_input(x), self._hf_qat_weight(), self.bias))
 
 
 class _NNCFConvNd(QuantizedLayerMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._hf_qat_quantize_input(x), self._hf_qat_weight(), self.bias)
+        return self._hf_qat_quantize_output(self._conv_forward(self._hf_qat_quantize_input(x), self._hf_qat_weight(), self.bias))
 
 
 @_register(LayerKind(nn.Conv1d, "conv1d", 0, "NNCFConv1d", True))
@@ -245,12 +252,14 @@ class NNCFEmbedding(QuantizedLayerMixin, nn.Embedding):
         wq = self.weight_quantizer
         if wq is None or self.max_norm is not None or not wq.is_enabled_quantization or wq._collector is not None:
             weight = self._hf_qat_weight()
-            return F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+            return self._hf_qat_quantize_output(
+                F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+            )
         # Quantization is element-wise given the row's scale, so quantizing only the looked-up rows
         # (with their gathered scales) equals looking up rows of the quantized table, at a fraction of
         # the cost for large vocabularies.
         rows = F.embedding(ids, self.weight, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)
-        return wq.quantize_rows(rows, ids)
+        return self._hf_qat_quantize_output(wq.quantize_rows(rows, ids))
 
 
 try:  # transformers is optional for the bare API
@@ -268,7 +277,7 @@ if _HFConv1D is not None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             size_out = x.size()[:-1] + (self.nf,)
             x = torch.addmm(self.bias, self._hf_qat_quantize_input(x).view(-1, x.size(-1)), self._hf_qat_weight())
-            return x.view(size_out)
+            return self._hf_qat_quantize_output(x.view(size_out))
 
     __all__.append("NNCFUserConv1D")
 
@@ -277,12 +286,20 @@ def is_wrapped(module: nn.Module) -> bool:
     return isinstance(module, QuantizedLayerMixin)
 
 
-def wrap_module(module: nn.Module, weight_quantizer: BaseQuantizer | None, input_quantizer: BaseQuantizer | None) -> None:
+def wrap_module(
+    module: nn.Module,
+    weight_quantizer: BaseQuantizer | None,
+    input_quantizer: BaseQuantizer | None,
+    output_quantizer: BaseQuantizer | None = None,
+) -> None:
     """Turn ``module`` into its quantized class in place (idempotent: updates the quantizers).
 
-    Same as ``QuantizedLayerMixin.from_module(module, weight_quantizer, input_quantizer)``.
+    Same as ``QuantizedLayerMixin.from_module(module, weight_quantizer, input_quantizer)``, plus an
+    optional quantizer on the layer's result (kept, like the input quantizer, out of the submodules).
     """
     QuantizedLayerMixin.from_module(module, weight_quantizer, input_quantizer)
+    if output_quantizer is not None:
+        module.__dict__["_hf_qat_output_quantizer"] = output_quantizer
 
 
 def unwrap_module(module: nn.Module) -> None:

@@ -30,7 +30,7 @@ from .inputs import example_forward_from_input_info
 from .insertion import CONTAINER_NAME, apply_setup, build_quantizer_setup
 from .layers import layer_kind, unwrap_module
 from .op_hooks import MATMUL_OPS, SDPA_OP
-from .tracing import GraphTrace, parse_node_name, trace_model
+from .tracing import GraphTrace, parse_node_name, relative_op, trace_model
 
 __all__ = ["TorchBackend", "create_compressed_model", "is_compressed"]
 
@@ -254,7 +254,8 @@ def check_points_traced(setup: QuantizerSetup, trace: GraphTrace) -> None:
     traced: dict[str, dict[str, int]] = {}
     for node in trace.nodes:
         ops = traced.setdefault(node.module_path, {})
-        ops[node.op] = max(ops.get(node.op, 0), node.index + 1)
+        op = relative_op(node, trace)
+        ops[op] = max(ops.get(op, 0), node.index + 1)
     missing = []
     for qp in setup.points.values():
         try:

@@ -72,12 +72,15 @@ def quantized_sdpa(
 
 
 class _Frame:
-    __slots__ = ("module", "hooks", "counters")
+    __slots__ = ("module", "hooks", "counters", "prefix")
 
-    def __init__(self, module: nn.Module, hooks: dict[tuple[str, int], dict[int, BaseQuantizer]] | None, counters):
+    def __init__(
+        self, module: nn.Module, hooks: dict[tuple[str, int], dict[int, BaseQuantizer]] | None, counters, prefix: str = ""
+    ):
         self.module = module
         self.hooks = hooks
         self.counters = counters
+        self.prefix = prefix  # "ReLU/" inside a module the owner's forward created on the fly
 
 
 class _State(threading.local):
@@ -106,6 +109,7 @@ class _OpHookMode(TorchFunctionMode):
         name = op_name(func)
         if name is None:
             return func(*args, **kwargs)
+        name = frame.prefix + name
         idx = frame.counters[name]
         frame.counters[name] = idx + 1
         ports = frame.hooks.get((name, idx))
@@ -141,13 +145,14 @@ class OpHookManager:
         self.owners: dict[nn.Module, dict[tuple[str, int], dict[int, BaseQuantizer]]] = {}
         self.generation = 0
         self._counters: dict[int, tuple[int, dict[str, int]]] = {}
+        self._global_handles: list[Any] | None = None  # process-wide hooks for on-the-fly modules
 
     def __getstate__(self) -> dict[str, Any]:
         # Call counters are keyed by ``id(owner)``, which means nothing in a copy. Handles of hooks on
         # modules that no longer exist (weight quantizers dropped by ``strip``) are left out: torch
         # pickles their dead references as ``None`` and then fails to load them.
         handles = [h for h in self.handles if _is_alive(h)]
-        return {**self.__dict__, "_counters": {}, "handles": handles}
+        return {**self.__dict__, "_counters": {}, "handles": handles, "_global_handles": None}
 
     def add(self, owner: nn.Module, op: str, index: int, port: int, quantizer: BaseQuantizer) -> None:
         """Quantize input ``port`` (or the output, ``port=OUTPUT_PORT``) of the ``index``-th ``op`` call in ``owner``."""
@@ -167,7 +172,8 @@ class OpHookManager:
         for ports in list(self.owners.values()):
             for by_port in ports.values():
                 owned.update(by_port.values())
-        owned.update([m.__dict__["_hf_qat_input_quantizer"] for m in owned if "_hf_qat_input_quantizer" in m.__dict__])
+        for attr in ("_hf_qat_input_quantizer", "_hf_qat_output_quantizer"):
+            owned.update([m.__dict__[attr] for m in owned if attr in m.__dict__])
         for m in owned:
             if m in self.owners:
                 self.handles.append(m.register_forward_pre_hook(self._owner_pre))
@@ -179,10 +185,25 @@ class OpHookManager:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        for h in self._global_handles or ():
+            h.remove()
+        self._global_handles = None
+
+    @property
+    def _has_anonymous_points(self) -> bool:
+        return any("/" in op for hooks in self.owners.values() for op, _ in hooks)
 
     # -- hooks --------------------------------------------------------------------------------
     def _root_pre(self, module, args):
         self.generation += 1  # call counters restart with every forward of the model
+        if self._global_handles is None and self._has_anonymous_points:
+            # Points inside modules a forward creates on the fly (``nn.ReLU()(x)``) need to see those
+            # modules enter and leave; only process-wide hooks do. Installed here, on the first forward,
+            # so that copies of the model (deepcopy, pickling) install their own.
+            self._global_handles = [
+                torch.nn.modules.module.register_module_forward_pre_hook(self._anonymous_pre),
+                torch.nn.modules.module.register_module_forward_hook(self._post, always_call=True),
+            ]
 
     def _counters_for(self, owner: nn.Module) -> dict[str, int]:
         gen, counters = self._counters.get(id(owner), (-1, None))
@@ -205,6 +226,15 @@ class OpHookManager:
     def _suspend_pre(self, module, args):
         if self.state.stack:
             self._push(_Frame(module, None, None))
+
+    def _anonymous_pre(self, module, args):
+        stack = self.state.stack
+        if not stack or stack[-1].hooks is None:
+            return
+        if any(getattr(h, "__self__", None) is self for h in module._forward_pre_hooks.values()):
+            return  # a module of the model: its own hooks push its frame
+        top = stack[-1]
+        self._push(_Frame(module, top.hooks, top.counters, f"{top.prefix}{type(module).__name__}/"))
 
     def _post(self, module, args, output):
         st = self.state

@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_flatten
 
 from .layers import nncf_class_name
 
-__all__ = ["TracedNode", "GraphTrace", "trace_model", "op_name", "parse_node_name", "MODEL_INPUT_SCOPE"]
+__all__ = ["TracedNode", "GraphTrace", "trace_model", "op_name", "parse_node_name", "relative_op", "MODEL_INPUT_SCOPE"]
 
 MODEL_INPUT_SCOPE = "/nncf_model_input"
 _SKIPPED_OPS = {"__get__", "__set__", "__torch_function__", "__repr__", "__format__", "__len__", "__bool__"}
@@ -59,6 +59,10 @@ def op_name(func: Callable) -> str | None:
 def parse_node_name(node_name: str) -> tuple[list[str], str, int]:
     """Split ``A/B[b]/C[c]/op_3`` into ``(["b", "c"], "op", 3)`` (module attribute path, op, call index).
 
+    Modules a forward creates on the fly (``nn.ReLU()(x)`` in DistilBERT's classifier) are not attributes
+    of the model: their scope components have no ``[attribute]`` (``A/B[b]/ReLU/relu_0``) and their
+    operations belong to the enclosing module under a relative op name: ``(["b"], "ReLU/relu", 0)``.
+
     Raises:
         ValueError: if the name does not have NNCF's node-name shape.
     """
@@ -66,13 +70,24 @@ def parse_node_name(node_name: str) -> tuple[list[str], str, int]:
     if not m:
         raise ValueError(f"{node_name!r} is not a node name of the form '<scope>/<op>_<index>'")
     parts = m.group("scope").split("/")
-    attrs = []
+    attrs: list[str] = []
+    anonymous: list[str] = []
     for comp in parts[1:]:
         cm = _COMPONENT_RE.match(comp)
-        if not cm:
+        if cm and not anonymous:
+            attrs.append(cm.group("attr"))
+        elif not cm and comp and "[" not in comp and "]" not in comp:
+            anonymous.append(comp)
+        else:
             raise ValueError(f"scope component {comp!r} of {node_name!r} is not of the form 'Class[attribute]'")
-        attrs.append(cm.group("attr"))
-    return attrs, m.group("op"), int(m.group("idx"))
+    return attrs, "/".join([*anonymous, m.group("op")]), int(m.group("idx"))
+
+
+def relative_op(node: TracedNode, trace: GraphTrace) -> str:
+    """The node's op name relative to its module (``"relu"``, or ``"ReLU/relu"`` inside an on-the-fly module)."""
+    own = trace.module_scopes.get(node.module_path, node.scope)
+    extra = node.scope[len(own) + 1 :] if node.scope.startswith(own + "/") else ""
+    return f"{extra}/{node.op}" if extra else node.op
 
 
 @dataclass
@@ -192,7 +207,22 @@ def trace_model(model: nn.Module, forward: Callable[[nn.Module], Any]) -> GraphT
     def post_hook(module, args, kwargs, output):
         tracer.pop()
 
-    hooks = []
+    anonymous: list[nn.Module] = []
+
+    def anonymous_pre(module, args):  # modules the forward creates on the fly: NNCF scopes them as ``.../ReLU``
+        if id(module) not in names and tracer.stack:
+            anonymous.append(module)
+            tracer.push(module)
+
+    def anonymous_post(module, args, output):
+        if anonymous and anonymous[-1] is module:
+            anonymous.pop()
+            tracer.pop()
+
+    hooks = [
+        torch.nn.modules.module.register_module_forward_pre_hook(anonymous_pre),
+        torch.nn.modules.module.register_module_forward_hook(anonymous_post, always_call=True),
+    ]
     for m in model.modules():
         hooks.append(m.register_forward_pre_hook(pre_hook, with_kwargs=True))
         hooks.append(m.register_forward_hook(post_hook, with_kwargs=True, always_call=True))

@@ -125,11 +125,16 @@ def _input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if iq is None else iq(x)
 
 
+def _output(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    oq = layer.__dict__.get("_hf_qat_output_quantizer")
+    return y if oq is None else oq(y)
+
+
 def _linear_export(layer: nn.Module, plan: ExportPlan, qid: str) -> Callable:
     def forward(x):
         plan.emitted_weights.add(qid)
         y = torch.matmul(_input(layer, x), _dequantized_weight(layer))
-        return y if layer.bias is None else y + layer.bias
+        return _output(layer, y if layer.bias is None else y + layer.bias)
 
     return forward
 
@@ -137,7 +142,7 @@ def _linear_export(layer: nn.Module, plan: ExportPlan, qid: str) -> Callable:
 def _conv_export(layer: nn.Module, plan: ExportPlan, qid: str) -> Callable:
     def forward(x):
         plan.emitted_weights.add(qid)
-        return layer._conv_forward(_input(layer, x), _dequantized_weight(layer), layer.bias)
+        return _output(layer, layer._conv_forward(_input(layer, x), _dequantized_weight(layer), layer.bias))
 
     return forward
 
@@ -147,13 +152,16 @@ def _conv1d_transformers_export(layer: nn.Module, plan: ExportPlan, qid: str) ->
         plan.emitted_weights.add(qid)
         size_out = x.size()[:-1] + (layer.nf,)
         x = torch.addmm(layer.bias, _input(layer, x).view(-1, x.size(-1)), _dequantized_weight(layer))
-        return x.view(size_out)
+        return _output(layer, x.view(size_out))
 
     return forward
 
 
 def _embedding_export(layer: nn.Module, plan: ExportPlan, qid: str) -> Callable:
     def forward(ids):
+        return _output(layer, _rows(ids))
+
+    def _rows(ids):
         plan.emitted_weights.add(qid)
         if layer.max_norm is not None:  # renormalisation needs the whole (dequantized) table
             return F.embedding(ids, _dequantized_weight(layer), None, layer.max_norm, layer.norm_type)
@@ -175,7 +183,7 @@ def _float_export(layer: nn.Module) -> Callable:
     base_forward = layer_kind(layer).base.forward
 
     def forward(x, *args, **kwargs):
-        return base_forward(layer, _input(layer, x), *args, **kwargs)
+        return _output(layer, base_forward(layer, _input(layer, x), *args, **kwargs))
 
     return forward
 
