@@ -9,7 +9,7 @@ from ..utils.imports import require
 require("torch", feature="hf_qat.torch (the PyTorch backend)")
 
 from ..utils.lazy import attach
-from .checkpoint import load_checkpoint, load_state, to_nncf_state_dict
+from .checkpoint import load_checkpoint, load_state, nncf_checkpoint_from_folder, to_nncf_state_dict
 from .controller import CompressionStage, QuantizationController
 from .init import (
     BNAdaptationInitArgs,
@@ -25,6 +25,7 @@ from .layers import (
     NNCFLinear,
 )
 from .model_creation import create_compressed_model
+from .nncf3 import get_nncf3_config, load_nncf3, nncf3_state_dict
 from .quantizers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer
 
 __getattr__, __dir__ = attach(__name__, {"export": ["ExportResult", "export_onnx"], "export.verify": ["verify_onnx"]})
@@ -35,6 +36,10 @@ __all__ = [
     "load_state",
     "load_checkpoint",
     "to_nncf_state_dict",
+    "nncf_checkpoint_from_folder",
+    "load_nncf3",
+    "get_nncf3_config",
+    "nncf3_state_dict",
     "export_onnx",
     "verify_onnx",
     "ExportResult",

@@ -13,6 +13,7 @@ compression state reads exactly like its JSON form.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
 import pickle
@@ -21,8 +22,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from safetensors.torch import load_file as safetensors_load_file
 from torch import nn
 
+from ..core.layout import COMPRESSION_STATE_NAME, read_json_file
 from ..core.mismatch import compare_named_shapes
 from ..errors import CompressionStateError
 
@@ -33,6 +36,7 @@ __all__ = [
     "load_state",
     "load_state_dict_file",
     "normalize_state_dict_keys",
+    "nncf_checkpoint_from_folder",
     "to_nncf_state_dict",
 ]
 
@@ -102,6 +106,36 @@ def to_nncf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
             key = key.replace(".weight_quantizer.", ".pre_ops.0.op.")
         out[key] = value
     return out
+
+
+def nncf_checkpoint_from_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint NNCF 2.x restores, from a folder QATTrainer or ``save_qat_model`` wrote.
+
+    Reads the weights (``model.safetensors``, or the shards an ``model.safetensors.index.json`` lists) and
+    ``compression_state.json``, and returns ``{"state_dict": <NNCF key names>, "compression_state": ...}``,
+    ready for ``torch.save(..., "ckpt.pth")`` and NNCF's ``create_compressed_model(model, config,
+    compression_state=...)`` + ``load_state(model, state_dict, is_resume=True)``.
+
+    Raises:
+        [`CompressionStateError`]: the folder lacks the weights or the compression state.
+    """
+    folder = os.fspath(folder)
+    single = os.path.join(folder, "model.safetensors")
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        state_dict = safetensors_load_file(single, device="cpu")
+    elif os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        state_dict = {}
+        for shard in shards:
+            state_dict.update(safetensors_load_file(os.path.join(folder, shard), device="cpu"))
+    else:
+        raise CompressionStateError(f"{folder} has no model.safetensors (or sharded index); is it a QATTrainer output folder?")
+    state_path = os.path.join(folder, COMPRESSION_STATE_NAME)
+    if not os.path.isfile(state_path):
+        raise CompressionStateError(f"{folder} has no {COMPRESSION_STATE_NAME}; is it a QATTrainer output folder?")
+    return {"state_dict": to_nncf_state_dict(state_dict), "compression_state": read_json_file(state_path, COMPRESSION_STATE_NAME)}
 
 
 def _match_shared_ids(incoming: dict[str, torch.Tensor], own: Mapping[str, Any]) -> dict[str, torch.Tensor]:

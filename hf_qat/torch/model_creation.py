@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,16 +59,39 @@ def _switch_to_eager_attention(model: nn.Module) -> str | None:
     return current
 
 
+@contextlib.contextmanager
+def switched_to_eager_attention(model: nn.Module) -> Iterator[None]:
+    """Eager attention while the block runs (tracing a model as compression will see it); restored after."""
+    previous = _switch_to_eager_attention(model)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            _restore_attention(model, previous)
+
+
+def _restore_attention(model: nn.Module, previous_attn: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(previous_attn)
+    else:  # pragma: no cover
+        model.config._attn_implementation = previous_attn
+
+
+def remove_compression(ctrl: QuantizationController) -> nn.Module:
+    """Undo ``create_compressed_model`` on ``ctrl``'s model in place (quantizers and hooks removed, weights kept
+    as they are): for a restore that failed after compression."""
+    ctrl._hooks.remove()
+    _undo(ctrl.model, None)
+    return ctrl.model
+
+
 def _undo(model: nn.Module, previous_attn: str | None) -> None:
     for m in model.modules():
         unwrap_module(m)
     if hasattr(model, CONTAINER_NAME):
         delattr(model, CONTAINER_NAME)
     if previous_attn is not None:
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(previous_attn)
-        else:  # pragma: no cover
-            model.config._attn_implementation = previous_attn
+        _restore_attention(model, previous_attn)
 
 
 def create_compressed_model(

@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 from .quantizers import BaseQuantizer
 from .tracing import op_name
 
-__all__ = ["MATMUL_OPS", "SDPA_OP", "SDPA_PROBS_PORT", "OUTPUT_PORT", "OpHookManager", "quantized_sdpa"]
+__all__ = ["MATMUL_OPS", "SDPA_OP", "SDPA_PROBS_PORT", "OUTPUT_PORT", "OpHookManager", "quantize_inputs", "quantized_sdpa"]
 
 MATMUL_OPS = frozenset({"matmul", "__matmul__", "bmm"})
 SDPA_OP = "scaled_dot_product_attention"
@@ -69,6 +69,35 @@ def quantized_sdpa(
     if dropout_p > 0.0:
         attn = F.dropout(attn, p=dropout_p, training=True)
     return torch.matmul(attn, value)
+
+
+def quantize_inputs(
+    args: tuple[Any, ...], kwargs: dict[str, Any], quantizers: dict[int, BaseQuantizer]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Apply ``quantizers`` (by input port) to a call's arguments.
+
+    Ports number the arguments as NNCF does (NNCF 3 hook names carry them): positional arguments, then
+    keyword arguments in the order given, one port each, except that a list or tuple of tensors takes one
+    port per tensor. ``F.layer_norm`` reaches torch as ``(input, normalized_shape, weight=, bias=, eps=)``, so
+    its weight is port 2.
+    """
+    port = 0
+
+    def visit(value):
+        nonlocal port
+        if isinstance(value, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in value):
+            items = []
+            for t in value:
+                items.append(quantizers[port](t) if port in quantizers else t)
+                port += 1
+            return tuple(items) if isinstance(value, tuple) else items
+        out = quantizers[port](value) if port in quantizers else value
+        port += 1
+        return out
+
+    new_args = tuple(visit(v) for v in args)
+    new_kwargs = {k: visit(v) for k, v in kwargs.items()}
+    return new_args, new_kwargs
 
 
 class _Frame:
@@ -121,9 +150,7 @@ class _OpHookMode(TorchFunctionMode):
             out = quantized_sdpa(*args, **kwargs, quantizers=inputs)
         else:
             if inputs:
-                args = list(args)
-                for port, quantizer in inputs.items():
-                    args[port] = quantizer(args[port])
+                args, kwargs = quantize_inputs(args, kwargs, inputs)
             out = func(*args, **kwargs)
         if output_quantizer is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
             out = output_quantizer(out)

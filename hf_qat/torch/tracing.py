@@ -99,6 +99,8 @@ class TracedNode:
     index: int
     inputs: list[tuple[int, int, bool]]  # (port, tensor key, is float activation)
     outputs: list[int]
+    fn: str = ""  # the callable's own name (``add`` for ``a + b``), as NNCF 3 names operations
+    call_stack: tuple[str, ...] = ()  # paths of the model's modules being called, outermost first
 
 
 @dataclass
@@ -122,6 +124,7 @@ class _Tracer(TorchFunctionMode):
         self.trace = trace
         self.names = names
         self.stack: list[tuple[str, str]] = []  # (scope, module path)
+        self.called: list[str] = []  # paths of the model's modules on the call stack (not on-the-fly ones)
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.activations: set[int] = set()
         self.keep_alive: list[Any] = []
@@ -185,7 +188,8 @@ class _Tracer(TorchFunctionMode):
                 if is_act:
                     self.activations.add(k)
                     self.trace.producers.setdefault(k, node_name)
-        self.trace.nodes.append(TracedNode(node_name, scope, path, name, idx, inputs, outputs))
+        fn = getattr(func, "__name__", name)
+        self.trace.nodes.append(TracedNode(node_name, scope, path, name, idx, inputs, outputs, fn, tuple(self.called)))
         return out
 
 
@@ -203,9 +207,11 @@ def trace_model(model: nn.Module, forward: Callable[[nn.Module], Any]) -> GraphT
                 trace.model_inputs.add(k)
                 trace.producers[k] = f"{MODEL_INPUT_SCOPE}_{i}"
         tracer.push(module)
+        tracer.called.append(names[id(module)])
 
     def post_hook(module, args, kwargs, output):
         tracer.pop()
+        tracer.called.pop()
 
     anonymous: list[nn.Module] = []
 

@@ -22,9 +22,8 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ALL_ARCHS, FIXTURES, build, calibration_batches, logits_of, nncf_config  # noqa: E402
-
 import nncf  # noqa: E402
+from common import ALL_ARCHS, FIXTURES, build, calibration_batches, logits_of, nncf_config  # noqa: E402
 from nncf import NNCFConfig  # noqa: E402
 from nncf.torch import create_compressed_model, load_state, register_default_init_args  # noqa: E402
 from nncf.torch.initialization import PTInitializingDataLoader  # noqa: E402
@@ -62,6 +61,7 @@ def _set_ranges_from_data(ctrl, model, batches) -> None:
     seen = {}
     hooks = []
     for qid, q in ctrl.all_quantizations.items():
+
         def hook(module, args, qid=qid):
             x = args[0].detach()
             axes = [i for i, s in enumerate(module.scale.shape) if s == 1] if module.scale.dim() == x.dim() else None
@@ -108,7 +108,9 @@ def read_hfqat(arch: str, out: str) -> None:
     model.eval()
     logits = logits_of(model, arch)
     save_file({"logits": logits}, os.path.join(out, f"nncf2_reads_hfqat_{arch}_logits.safetensors"))
-    print(f"NNCF {nncf.__version__} read {path}: {len(ctrl.all_quantizations)} quantizers, {loaded} tensors, logits {logits.tolist()}")
+    print(
+        f"NNCF {nncf.__version__} read {path}: {len(ctrl.all_quantizations)} quantizers, {loaded} tensors, logits {logits.tolist()}"
+    )
 
 
 def main(out: str, archs: list[str]) -> int:
