@@ -77,12 +77,25 @@ class ModelArguments:
     )
     finetune_fp32_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the FP32 fine-tuning."})
     skip_export: bool = field(default=False, metadata={"help": "Do not export ONNX (no ONNX metric, size or latency)."})
+    nncf_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "pt: continue QAT from a checkpoint NNCF saved, a .pth holding state_dict and compression_state "
+            "(NNCF 2.x) or nncf_config (NNCF 3.x, nncf.torch.get_config); --model_name gives its architecture. "
+            "No FP32 fine-tuning and no calibration: the checkpoint's weights and ranges are used."
+        },
+    )
     latency_runs: int = field(default=20, metadata={"help": "ONNX Runtime runs per model for the latency line of the summary."})
 
     def __post_init__(self) -> None:
         if self.framework not in FRAMEWORKS:
             raise RunError(f"--framework {self.framework!r}: expected pt (PyTorch) or tf (Keras 3 with TensorFlow)")
         self.framework = FRAMEWORKS[self.framework]
+        if self.nncf_checkpoint is not None:
+            if self.framework != "pt":
+                raise RunError("--nncf_checkpoint: NNCF checkpoints are PyTorch checkpoints; use --framework pt")
+            if self.finetune_fp32_epochs > 0:
+                raise RunError("--nncf_checkpoint continues QAT from the checkpoint's weights: drop --finetune_fp32_epochs")
 
 
 @dataclass

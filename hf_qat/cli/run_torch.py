@@ -17,9 +17,13 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+from ..core.config import NNCFConfig
 from ..core.layout import ONNX_NAME, RESULTS_NAME
+from ..errors import CompressionStateError
 from ..hub.model_card import write_model_card
+from ..torch.checkpoint import load_checkpoint, normalize_state_dict_keys
 from ..torch.export import export_onnx
+from ..torch.nncf_restore import restore_nncf_checkpoint
 from ..transformers.checkpointing import check_checkpoint
 from ..transformers.evaluation import token_level_loss
 from ..transformers.tasks import TaskDataError, get_task, perplexity
@@ -69,6 +73,7 @@ def run(
     model = load_model(model_args.model_name, task, label_info, processor)
     out = Path(training_args.output_dir)
     torch.manual_seed(training_args.seed)
+    nncf_ckpt = _read_nncf_checkpoint(model_args.nncf_checkpoint, model, training_args) if model_args.nncf_checkpoint else None
 
     # -- FP32 -------------------------------------------------------------------------------
     fp32_dir = out / "fp32"
@@ -101,7 +106,19 @@ def run(
 
     # -- QAT ---------------------------------------------------------------------------------
     training_args.export_onnx = not model_args.skip_export
+    ctrl = None
+    if nncf_ckpt is not None:
+        example = _unpadded_example(processed["train"], collator)
+        config = training_args.nncf_config if isinstance(training_args.nncf_config, (dict, str)) else None
+        if isinstance(config, str):
+            config = NNCFConfig.from_json(config)
+        try:
+            ctrl, model = restore_nncf_checkpoint(model, nncf_ckpt, config, example_input=example)
+        except CompressionStateError as e:
+            raise RunError(f"--nncf_checkpoint {model_args.nncf_checkpoint}: {e}") from None
+        logger.info("run_qat: restored %d quantizers from %s", len(ctrl.quantizers), model_args.nncf_checkpoint)
     trainer = QATTrainer(
+        compression_ctrl=ctrl,
         model=model,
         args=training_args,
         train_dataset=processed["train"],
@@ -178,6 +195,40 @@ def run(
         info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
         print(f"Pushed to {getattr(info, 'commit_url', None) or training_args.hub_model_id}")
     return results
+
+
+def _read_nncf_checkpoint(path: str, model: torch.nn.Module, training_args: QATTrainingArguments) -> dict[str, Any]:
+    """Read an NNCF checkpoint and load its float weights into ``model`` (the FP32 baseline is the checkpoint's model)."""
+    if training_args.resume_from_checkpoint:
+        raise RunError("--nncf_checkpoint and --resume_from_checkpoint both say where QAT starts: pass one of them")
+    try:
+        ckpt = load_checkpoint(path)
+    except CompressionStateError as e:
+        raise RunError(f"--nncf_checkpoint: {e}") from None
+    state_dict = ckpt.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise RunError(f"--nncf_checkpoint {path}: no 'state_dict' in it (keys: {sorted(map(str, ckpt))[:8]})")
+    own = model.state_dict()
+    float_part = {k: v for k, v in normalize_state_dict_keys(state_dict).items() if k in own}
+    missing = [k for k in own if k not in float_part and not k.endswith("position_ids")]
+    if missing:
+        raise RunError(
+            f"--nncf_checkpoint {path}: its weights do not fit --model_name {type(model).__name__} "
+            f"({len(missing)} weight(s) missing, e.g. {missing[:3]}); pass the model the checkpoint was made from"
+        )
+    model.load_state_dict(float_part, strict=False)
+    return ckpt
+
+
+def _unpadded_example(dataset, collator) -> dict[str, torch.Tensor]:
+    """One training example as model inputs, cut to its unpadded length (names the operations NNCF traced)."""
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collator)))
+    example = {k: v.cpu() for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
+    mask = example.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        length = int(mask[0].sum())
+        example = {k: (v[:, :length] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v) for k, v in example.items()}
+    return example
 
 
 def load_processor(model_name: str, task: str):

@@ -26,6 +26,7 @@ from .layers import (
 )
 from .model_creation import create_compressed_model
 from .nncf3 import get_nncf3_config, load_nncf3, nncf3_state_dict
+from .nncf_restore import restore_nncf_checkpoint
 from .quantizers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer
 
 __getattr__, __dir__ = attach(__name__, {"export": ["ExportResult", "export_onnx"], "export.verify": ["verify_onnx"]})
@@ -38,6 +39,7 @@ __all__ = [
     "to_nncf_state_dict",
     "nncf_checkpoint_from_folder",
     "load_nncf3",
+    "restore_nncf_checkpoint",
     "get_nncf3_config",
     "nncf3_state_dict",
     "export_onnx",

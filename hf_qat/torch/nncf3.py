@@ -38,6 +38,7 @@ from ..core.state import QuantizationPoint, QuantizerSetup, TargetType, make_com
 from ..errors import CompressionStateError
 from .checkpoint import load_state
 from .controller import QuantizationController
+from .inputs import example_forward_from_input_info
 from .insertion import CONTAINER_NAME
 from .layers import is_wrapped, layer_kind
 from .model_creation import create_compressed_model, remove_compression, switched_to_eager_attention
@@ -51,6 +52,8 @@ __all__ = [
     "load_nncf3",
     "get_nncf3_config",
     "nncf3_state_dict",
+    "example_forward",
+    "input_info_of",
 ]
 
 NNCF3_STATE_PREFIX = "__nncf_hooks."
@@ -99,7 +102,9 @@ def _weight_port(kind) -> int:
     return 2 if kind.op_name == "addmm" else 1
 
 
-def _forward_for(model: nn.Module, example_input: Any) -> Callable[[nn.Module], Any]:
+def example_forward(model: nn.Module, example_input: Any) -> Callable[[nn.Module], Any]:
+    """A forward on ``example_input`` (dict: keywords; tuple: positional; else one argument); ``None`` for a
+    transformers text model means ``input_ids`` and ``attention_mask`` of shape ``[1, 16]``."""
     if example_input is None:
         config = getattr(model, "config", None)
         if config is None or not hasattr(config, "vocab_size"):
@@ -116,7 +121,8 @@ def _forward_for(model: nn.Module, example_input: Any) -> Callable[[nn.Module], 
     return lambda m: m(example_input)
 
 
-def _input_info(example_input: Any) -> list[dict[str, Any]] | None:
+def input_info_of(example_input: Any) -> list[dict[str, Any]] | None:
+    """NNCF ``input_info`` describing ``example_input`` (a dict of tensors, or ``None`` as in `example_forward`)."""
     if example_input is None:
         example_input = {"input_ids": torch.ones(1, 16, dtype=torch.long), "attention_mask": torch.ones(1, 16, dtype=torch.long)}
     if not isinstance(example_input, Mapping) or not all(isinstance(v, torch.Tensor) for v in example_input.values()):
@@ -186,7 +192,7 @@ def compression_state_from_nncf3(
     """
     entries = _entries(config)
     with switched_to_eager_attention(model):
-        trace = trace_model(model, _forward_for(model, example_input))
+        trace = trace_model(model, example_forward(model, example_input))
     names = nncf3_op_names(trace)
     by_op = {op: node for node, op in zip(trace.nodes, names.values())}
     modules = dict(model.named_modules())
@@ -320,11 +326,11 @@ def load_nncf3(
     state, prefixes = compression_state_from_nncf3(model, config, example_input)
     if nncf_config is None:
         nncf_config = {"compression": {"algorithm": "quantization"}}
-        info = _input_info(example_input)
+        info = input_info_of(example_input)
         if info is not None:
             nncf_config["input_info"] = info
     ctrl, model = create_compressed_model(
-        model, dict(nncf_config), compression_state=state, dummy_forward_fn=_forward_for(model, example_input)
+        model, dict(nncf_config), compression_state=state, dummy_forward_fn=example_forward(model, example_input)
     )
     container = getattr(model, CONTAINER_NAME)
     container.nncf3_hook_prefixes = dict(prefixes)
@@ -375,12 +381,10 @@ def _hook_names(ctrl: QuantizationController, example_input: Any) -> dict[str, l
     """NNCF 3 hook names of every quantizer of ``ctrl``, by hf_qat quantizer id."""
     model = ctrl.model
     if example_input is None and isinstance(ctrl.config, Mapping) and "input_info" in ctrl.config:
-        from .inputs import example_forward_from_input_info
-
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         forward = example_forward_from_input_info(ctrl.config["input_info"], device)
     else:
-        forward = _forward_for(model, example_input)
+        forward = example_forward(model, example_input)
     with _float_view(ctrl), torch.no_grad():
         trace = trace_model(model, forward)
     names = nncf3_op_names(trace)

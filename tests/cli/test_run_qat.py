@@ -304,3 +304,40 @@ def test_one_argument_set_for_both_frameworks(tmp_path):
         parse_args(["--framework", "jax"])
     with pytest.raises(SystemExit):  # argparse: unrecognized arguments (a TrainingArguments flag on the TF path)
         parse_args(["--framework", "tf", "--model_name", "x", "--train_file", "f", "--gradient_accumulation_steps", "2"])
+
+
+@pytest.mark.parametrize("source", ["nncf2", "nncf3"])
+def test_continue_qat_from_an_nncf_checkpoint(tmp_path, source):
+    """--nncf_checkpoint: QAT continues from what NNCF 2.19 / 3.4 saved (fixtures), with its quantizers and ranges."""
+    import sys
+
+    from safetensors.torch import load_file
+
+    fixtures = ROOT / "tests" / "fixtures" / "nncf_interop"
+    sys.path.insert(0, str(ROOT / "scripts" / "nncf_interop"))
+    from common import build
+
+    run_qat = load_script()
+    model_dir = tmp_path / "model"
+    save_tokenizer(model_dir)
+    build("bert").save_pretrained(model_dir)  # the architecture NNCF quantized (fresh weights: the checkpoint's are used)
+    if source == "nncf2":
+        ckpt = fixtures / "nncf2_bert.pth"
+        expected = 45
+    else:
+        ckpt = tmp_path / "nncf3.pth"  # the layout of NNCF 3's QAT example: {"state_dict", "nncf_config"}
+        config = json.loads((fixtures / "nncf3_bert_config.json").read_text())
+        torch.save({"state_dict": load_file(fixtures / "nncf3_bert_state.safetensors"), "nncf_config": config}, ckpt)
+        expected = len(config["compression_state"])
+    rows = sentences(48)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows[32:])
+    out = tmp_path / "out"
+    args = ["--model_name", str(model_dir), "--train_file", train, "--validation_file", valid, "--nncf_checkpoint", str(ckpt)]
+    results = run_qat.main([*args, *common(out)])
+    check_outputs(out, results)
+    assert results["quantizers"]["weights"] + results["quantizers"]["activations"] == expected
+    v = results["values"]
+    assert abs(v["int8"] - v["int8_onnx"]) <= 1 / 16
+    with pytest.raises(run_qat.RunError, match="finetune_fp32_epochs"):
+        run_qat.main([*args, *common(tmp_path / "out2"), "--finetune_fp32_epochs", "1"])
