@@ -116,6 +116,7 @@ class _State(threading.local):
     def __init__(self):
         self.stack: list[_Frame] = []
         self.mode: _OpHookMode | None = None
+        self.depth = 0  # calls in progress of the model or of a module on the way to an owner
 
     def __deepcopy__(self, memo):  # per-thread call state is never copied with a model
         return _State()
@@ -189,7 +190,18 @@ class OpHookManager:
         self.remove()
         if not self.owners:
             return
-        self.handles.append(self.model.register_forward_pre_hook(self._root_pre))
+        # Call counters restart when a forward enters the model from outside: at the model itself, or at any
+        # module between it and an owner when that module is called directly (``model.bert(...)``).
+        parents = {child: parent for parent in self.model.modules() for child in parent.children()}
+        entries = set()
+        for owner in self.owners:
+            m = owner
+            while m is not None and m not in entries:
+                entries.add(m)
+                m = parents.get(m)
+        for m in entries:
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._leave, always_call=True))
         owned = set()
         for owner in self.owners:
             for m in owner.modules():
@@ -221,8 +233,12 @@ class OpHookManager:
         return any("/" in op for hooks in self.owners.values() for op, _ in hooks)
 
     # -- hooks --------------------------------------------------------------------------------
-    def _root_pre(self, module, args):
-        self.generation += 1  # call counters restart with every forward of the model
+    def _enter(self, module, args):
+        st = self.state
+        st.depth += 1
+        if st.depth > 1:
+            return
+        self.generation += 1  # a new forward from outside: call counters restart
         if self._global_handles is None and self._has_anonymous_points:
             # Points inside modules a forward creates on the fly (``nn.ReLU()(x)``) need to see those
             # modules enter and leave; only process-wide hooks do. Installed here, on the first forward,
@@ -253,6 +269,9 @@ class OpHookManager:
     def _suspend_pre(self, module, args):
         if self.state.stack:
             self._push(_Frame(module, None, None))
+
+    def _leave(self, module, args, output):
+        self.state.depth = max(self.state.depth - 1, 0)
 
     def _anonymous_pre(self, module, args):
         stack = self.state.stack

@@ -307,3 +307,21 @@ def test_input_info_only_and_distributed_without_process_group():
     assert all(not q.spec.symmetric for q in ctrl.quantizers.values())
     with pytest.raises(DistributedError, match="init_process_group"):
         ctrl.distributed()
+
+
+def test_submodule_called_directly_keeps_its_activation_quantizers():
+    """Operation quantizers count calls per forward; a forward that starts at a submodule (``model.bert(...)``)
+    starts its own count, whatever ran before, and computes what the same module computes in a whole-model forward."""
+    batches = text_batches()
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
+    ctrl, model = create_compressed_model(tiny_bert(), config)
+    assert any("matmul" in qid for qid in ctrl.quantizers)
+    model.eval()
+    x = inputs_of(batches[0])
+    with torch.no_grad():
+        whole = model(**x).logits
+        for _ in range(2):
+            parts = model.classifier(model.bert(**x).pooler_output)
+            assert torch.equal(parts, whole)
+        model(**x)
+        assert torch.equal(model.classifier(model.bert(**x).pooler_output), whole)
