@@ -168,7 +168,7 @@ class TorchBackend:
     ) -> QuantizationController:
         if self._restoring and needs_trace_check(model, setup):
             forward = _example_forward(model, config, _extra(config, QuantizationRangeInitArgs), self.dummy_forward_fn)
-            check_points_traced(setup, trace_model(model, forward))
+            check_points_traced(model, setup, trace_model(model, forward))
         quantizers, hooks = apply_setup(model, setup)
         return QuantizationController(model, setup, quantizers, hooks, settings, config)
 
@@ -262,7 +262,7 @@ def needs_trace_check(model: nn.Module, setup: QuantizerSetup) -> bool:
     return False
 
 
-def check_points_traced(setup: QuantizerSetup, trace: GraphTrace) -> None:
+def check_points_traced(model: nn.Module, setup: QuantizerSetup, trace: GraphTrace) -> None:
     """Refuse a setup whose activation points name operations the model's trace does not have.
 
     Names are compared by module path, operation and call index, so NNCF's wrapper class names
@@ -275,6 +275,22 @@ def check_points_traced(setup: QuantizerSetup, trace: GraphTrace) -> None:
         [`CompressionStateError`]: naming the missing operations and, for each, what the model's module
             runs instead (nothing modified).
     """
+    names = {name for name, _ in model.named_modules()}
+    paths = set()
+    for qp in setup.points.values():
+        try:
+            paths.add(".".join(parse_node_name(qp.target_node_name)[0]))
+        except ValueError:
+            continue  # reported by apply_setup
+    absent = sorted(paths - names)
+    if absent:
+        top = sorted({a.split(".")[0] for a in absent if a.split(".")[0] not in names})
+        shown = ", ".join(repr(a) for a in (top or absent)[:5])
+        raise CompressionStateError(
+            f"The compression state was made for another architecture: {type(model).__name__} has no module {shown} "
+            f"({len(absent)} module path(s) the state quantizes are missing). Nothing was modified; restore it into the "
+            "model it was saved from."
+        )
     traced: dict[str, dict[str, int]] = {}
     for node in trace.nodes:
         ops = traced.setdefault(node.module_path, {})

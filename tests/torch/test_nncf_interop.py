@@ -122,6 +122,38 @@ def test_transformers_4_state_is_refused_naming_missing_operations():
     assert not hf_qat.torch.model_creation.is_compressed(model) and _state_dict_unchanged(model, before)
 
 
+def test_module_classes_renamed_by_transformers_still_match():
+    """Node names carry class names that transformers renamed (DistilBERT's attention is MultiHeadSelfAttention in
+    transformers 4, DistilBertSelfAttention in 5); points resolve by attribute path, so the state applies exactly."""
+    ckpt = hf_qat.load_checkpoint(FIXTURES / "nncf2_distilbert.pth")
+    text = json.dumps(ckpt["compression_state"])
+    assert "DistilBertSelfAttention[attention]" in text
+    old = "MultiHeadSelfAttention[attention]"  # as a transformers 4 checkpoint names it, in the state and the keys
+    state = json.loads(text.replace("DistilBertSelfAttention[attention]", old))
+    state_dict = {k.replace("DistilBertSelfAttention[attention]", old): v for k, v in ckpt["state_dict"].items()}
+    from common import nncf_config
+
+    ctrl, model = hf_qat.create_compressed_model(build("distilbert"), nncf_config("distilbert"), compression_state=state)
+    hf_qat.load_state(model, state_dict, is_resume=True)
+    diff = (logits_of(model.eval(), "distilbert") - _logits("nncf2_distilbert_logits.safetensors")).abs().max().item()
+    assert diff <= TOLERANCE
+
+
+def test_state_of_another_architecture_is_refused():
+    ckpt = hf_qat.load_checkpoint(FIXTURES / "nncf2_bert.pth")
+    from common import nncf_config
+
+    model = build("distilbert")
+    with pytest.raises(
+        CompressionStateError, match=r"(?s)another architecture.*DistilBertForSequenceClassification has no module 'bert'"
+    ):
+        hf_qat.create_compressed_model(model, nncf_config("distilbert"), compression_state=ckpt["compression_state"])
+    assert not hf_qat.torch.model_creation.is_compressed(model)
+    config = json.loads((FIXTURES / "nncf3_bert_config.json").read_text())
+    with pytest.raises(CompressionStateError, match=r"names \d+ operation\(s\) this model does not run"):
+        hf_qat.load_nncf3(build("distilbert"), config, example_input=calibration_batches("distilbert")[0])
+
+
 def test_nncf3_config_naming_missing_operations_is_refused():
     config = json.loads((FIXTURES / "nncf3_bert_config.json").read_text())
     config["compression_state"][5]["hook_names_in_model"] = ["post_hooks.bert/encoder/attention/self/div/0__0.0"]
