@@ -138,6 +138,48 @@ def nncf_checkpoint_from_folder(folder: str | os.PathLike) -> dict[str, Any]:
     return {"state_dict": to_nncf_state_dict(state_dict), "compression_state": read_json_file(state_path, COMPRESSION_STATE_NAME)}
 
 
+NNCF3_STATE_PREFIX = "__nncf_hooks."
+
+
+def rename_nncf3_keys(state_dict: Mapping[str, torch.Tensor], prefixes: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """NNCF 3 keys (``__nncf_hooks.<hook>.<p>``) renamed to ``prefixes[hook] + p`` (a quantizer shared by several
+    hooks appears once); other keys kept.
+
+    Raises:
+        [`CompressionStateError`]: a hook tensor whose hook ``prefixes`` does not name.
+    """
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if not key.startswith(NNCF3_STATE_PREFIX):
+            out[key] = value
+            continue
+        hook, _, param = key[len(NNCF3_STATE_PREFIX) :].rpartition(".")
+        if hook not in prefixes:
+            unknown.append(key)
+        else:
+            out.setdefault(prefixes[hook] + param, value)
+    if unknown:
+        raise CompressionStateError(
+            f"The state dict has {len(unknown)} NNCF 3 hook tensor(s) the NNCF 3 config did not name (first: "
+            f"{unknown[:3]}); were they saved from the same model? Nothing was loaded."
+        )
+    return out
+
+
+def from_nncf3_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with NNCF 3 keys renamed by the hook map ``load_nncf3`` left on ``model``."""
+    if not any(k.startswith(NNCF3_STATE_PREFIX) for k in state_dict):
+        return state_dict
+    prefixes = getattr(getattr(model, "_hf_qat", None), "nncf3_hook_prefixes", None)
+    if prefixes is None:
+        raise CompressionStateError(
+            f"The state dict is NNCF 3's ('{NNCF3_STATE_PREFIX}' keys): restore the model with "
+            "hf_qat.load_nncf3(model, nncf3_config, state_dict), which maps NNCF 3's hook names to hf_qat's."
+        )
+    return rename_nncf3_keys(state_dict, prefixes)
+
+
 def _match_shared_ids(incoming: dict[str, torch.Tensor], own: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Rename external-quantizer keys whose id names the model's quantizer in another point order."""
     by_canonical = {}
@@ -288,7 +330,8 @@ def load_state(
     if isinstance(state_dict_to_load, (str, os.PathLike)):
         state_dict_to_load = load_state_dict_file(state_dict_to_load)
     ignore = set(keys_to_ignore or ())
-    incoming = {k: v for k, v in normalize_state_dict_keys(dict(state_dict_to_load)).items() if k not in ignore}
+    state_dict_to_load = from_nncf3_keys(model, dict(state_dict_to_load))
+    incoming = {k: v for k, v in normalize_state_dict_keys(state_dict_to_load).items() if k not in ignore}
     own = model.state_dict()
     incoming = _match_shared_ids(incoming, own)
     report = compare_named_shapes(

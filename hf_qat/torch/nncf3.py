@@ -36,7 +36,8 @@ from ..core.scopes import nearest_names
 from ..core.spec import QuantizerSpec
 from ..core.state import QuantizationPoint, QuantizerSetup, TargetType, make_compression_state
 from ..errors import CompressionStateError
-from .checkpoint import load_state
+from .checkpoint import NNCF3_STATE_PREFIX, load_state
+from .checkpoint import rename_nncf3_keys as from_nncf3_state_dict
 from .controller import QuantizationController
 from .inputs import example_forward_from_input_info
 from .insertion import CONTAINER_NAME
@@ -50,13 +51,13 @@ __all__ = [
     "nncf3_op_names",
     "compression_state_from_nncf3",
     "load_nncf3",
+    "from_nncf3_state_dict",
     "get_nncf3_config",
     "nncf3_state_dict",
     "example_forward",
     "input_info_of",
 ]
 
-NNCF3_STATE_PREFIX = "__nncf_hooks."
 _QUANTIZER_MODULE = "nncf.torch.quantization.layers"
 _CLASS_OF_MODE = {"symmetric": "SymmetricQuantizer", "asymmetric": "AsymmetricQuantizer"}
 _MODE_OF_CLASS = {v: k for k, v in _CLASS_OF_MODE.items()}
@@ -259,28 +260,6 @@ def compression_state_from_nncf3(
     return make_compression_state(setup, {}), prefixes
 
 
-def from_nncf3_state_dict(state_dict: Mapping[str, torch.Tensor], prefixes: Mapping[str, str]) -> dict[str, torch.Tensor]:
-    """``__nncf_hooks.<hook>.<p>`` keys renamed to hf_qat's (a shared quantizer's duplicates dropped); others kept."""
-    out: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        if not key.startswith(NNCF3_STATE_PREFIX):
-            out[key] = value
-            continue
-        hook, _, param = key[len(NNCF3_STATE_PREFIX) :].rpartition(".")
-        prefix = prefixes.get(hook)
-        if prefix is None:
-            unknown.append(key)
-            continue
-        out.setdefault(prefix + param, value)
-    if unknown:
-        raise CompressionStateError(
-            f"The state dict has {len(unknown)} NNCF 3 hook tensor(s) the config did not name (first: {unknown[:3]}); "
-            "were the config and the state dict saved from the same model? Nothing was loaded."
-        )
-    return out
-
-
 class _Nncf3KeysHook:
     """``load_state_dict`` pre-hook of a model restored from NNCF 3: renames ``__nncf_hooks.`` keys in place, so
     NNCF 3's own flow (``model.load_state_dict(sd)``) works. An object, not a closure, so the model pickles."""
@@ -337,7 +316,7 @@ def load_nncf3(
     model.register_load_state_dict_pre_hook(_Nncf3KeysHook(container.nncf3_hook_prefixes))
     if state_dict is not None:
         try:
-            load_state(model, from_nncf3_state_dict(state_dict, prefixes), is_resume=True)
+            load_state(model, dict(state_dict), is_resume=True)  # NNCF 3 keys mapped by the prefixes set above
         except CompressionStateError:
             remove_compression(ctrl)  # nothing half-applied
             raise
