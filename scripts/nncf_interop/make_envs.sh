@@ -4,12 +4,12 @@
 #           (NNCF 2.19 pins torch 2.9.*; on x86_64 the only build is the default index's CUDA build,
 #           a large download that runs on the CPU) and transformers 5.24.0.
 #   nncf3:  NNCF 3.4.0 on torch 2.13.0 (CPU) and transformers 5.24.0.
-# Both get hf_qat itself (editable, no extra dependencies) so the scripts can build the same models.
+# The referee scripts import only torch, transformers, safetensors and NNCF there (hf_qat runs in its own
+# environment: the Python that runs regenerate.sh).
 #
 # Usage: bash scripts/nncf_interop/make_envs.sh [ENV_ROOT]   (default: $HF_QAT_INTEROP_ENVS or
 #        ~/.cache/hf_qat/interop-envs). Then: bash scripts/nncf_interop/regenerate.sh
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 ENVS="${1:-${HF_QAT_INTEROP_ENVS:-$HOME/.cache/hf_qat/interop-envs}}"
 PY="${PYTHON:-python3}"
 mkdir -p "$ENVS"
@@ -22,7 +22,6 @@ build() {  # name, then pip requirement lines
   "$PY" -m venv "$ENVS/$name"
   "$ENVS/$name/bin/pip" install -q --upgrade pip
   "$ENVS/$name/bin/pip" install -q "$@"
-  "$ENVS/$name/bin/pip" install -q --no-deps -e "$ROOT"
   echo "[$name] built: $ENVS/$name"
 }
 
