@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -221,6 +223,25 @@ def validate_config(config: dict) -> None:
     if not isinstance(config, dict):
         raise ConfigError("$", type(config).__name__, "a JSON object (dict)")
     _check_json_values(config)
+    known = NNCF_CONFIG_SCHEMA["properties"]
+    extra = sorted(set(config) - set(known))
+    for key in extra:  # a misspelt key of hf_qat's is an error, not an ignored extra
+        close = difflib.get_close_matches(key, [k for k in known if k not in config], n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(
+                json_path((key,)), config[key], f"a known top-level key; did you mean {close[0]!r}?",
+                detail="Other unknown top-level keys are ignored with a warning, as NNCF ignored them.",
+            )  # fmt: skip
+    if extra:
+        # NNCF's schema allowed extra top-level keys, and its sample configs carry their command-line options
+        # there (multiprocessing_distributed, seed, ...); keys inside "compression" stay checked.
+        warnings.warn(
+            f"NNCF config: ignoring top-level key(s) {extra}: hf_qat does not use them (NNCF's sample configs carry "
+            "their scripts' options at the top level). Keys inside 'compression' are checked as usual.",
+            UserWarning,
+            stacklevel=3,
+        )
+        config = {k: v for k, v in config.items() if k not in extra}
     _validate_against(NNCF_CONFIG_SCHEMA, config, ())
     _check_input_info(config)
     compression = config.get("compression", [])
@@ -276,7 +297,8 @@ class NNCFConfig(dict):
 
         Raises:
             [`ConfigError`]: if the file is larger than ``MAX_CONFIG_BYTES``, not UTF-8, not valid JSON
-                (``NaN``/``Infinity`` and duplicate keys included) or not a valid config.
+                (``NaN``/``Infinity`` and duplicate keys included; ``//`` and ``/* */`` comments and trailing
+                commas are accepted, as NNCF accepted them) or not a valid config.
             `FileNotFoundError`: if the file does not exist.
         """
         path = os.fspath(path)
@@ -286,7 +308,7 @@ class NNCFConfig(dict):
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         try:
-            data = loads_json(raw, source=path, max_bytes=MAX_CONFIG_BYTES, strict=True)
+            data = loads_json(raw, source=path, max_bytes=MAX_CONFIG_BYTES, strict=True, comments=True)
         except JSONFileError as e:
             raise ConfigError(
                 "$", f"<{path}>", "a JSON file holding an NNCF config", e.reason[0].upper() + e.reason[1:] + "."

@@ -9,7 +9,10 @@ which file, what was wrong and what the limit is; callers re-raise it as the err
 - integers: at most 4300 digits (Python's own limit, reported instead of a bare ``ValueError``);
 - encoding: UTF-8 (a BOM is accepted);
 - ``strict=True`` also rejects ``NaN``/``Infinity`` literals and duplicate keys, which hf_qat never
-  writes and which silently change a config or compression state when another tool does.
+  writes and which silently change a config or compression state when another tool does;
+- ``comments=True`` (NNCF configs, which NNCF read with a comment-tolerant reader) also accepts ``//`` and
+  ``/* */`` comments and trailing commas: text that is not plain JSON is parsed as JSON5 (the ``json5``
+  package), with the same limits and strict checks.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def loads_json(
     source: str = "<string>",
     max_bytes: int | None = None,
     strict: bool = False,
+    comments: bool = False,
 ) -> Any:
     """Parse JSON text within the limits above.
 
@@ -53,6 +57,7 @@ def loads_json(
         source: what the text is, for messages (a file path, ``"compression_state"`` ...).
         max_bytes: largest accepted size of ``data`` (default: :data:`MAX_JSON_BYTES`, read at call time).
         strict: reject ``NaN``/``Infinity`` and duplicate keys.
+        comments: accept comments and trailing commas (JSON5 syntax) where plain JSON fails.
 
     Raises:
         [`JSONFileError`]: naming ``source`` and the problem (size, encoding, nesting, syntax with line and column).
@@ -70,11 +75,25 @@ def loads_json(
     try:
         return json.loads(data, **hooks)
     except json.JSONDecodeError as e:
-        raise JSONFileError(source, f"it is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        if not comments:
+            raise JSONFileError(source, f"it is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        return _loads_json5(data, source, hooks, e)
     except RecursionError:
         raise JSONFileError(source, "it nests arrays/objects deeper than Python's JSON parser can follow") from None
     except ValueError as e:  # Python's integer digit limit, the strict hooks
         raise JSONFileError(source, f"it is not acceptable JSON: {e}") from None
+
+
+def _loads_json5(data: str, source: str, hooks: dict[str, Any], json_error: json.JSONDecodeError) -> Any:
+    import json5
+
+    try:
+        return json5.loads(data, **hooks)
+    except RecursionError:
+        raise JSONFileError(source, "it nests arrays/objects deeper than the JSON parser can follow") from None
+    except ValueError as e:
+        where = f"line {json_error.lineno} column {json_error.colno}"
+        raise JSONFileError(source, f"it is not valid JSON ({json_error.msg} at {where}), nor JSON with comments ({e})") from None
 
 
 def read_json(path: str | os.PathLike, *, max_bytes: int | None = None, strict: bool = False) -> Any:

@@ -259,3 +259,44 @@ def test_config_roundtrip_to_json(tmp_path):
     c = NNCFConfig.from_dict(HF_CONFIGS["bert_xnli"])
     c.to_json(tmp_path / "out.json")
     assert NNCFConfig.from_json(tmp_path / "out.json") == c
+
+
+def test_config_with_comments_and_trailing_commas(tmp_path):
+    """NNCF read configs with a comment-tolerant reader (NNCF's GPT-2 configs carry // comments)."""
+    p = tmp_path / "gpt2.json"
+    p.write_text(
+        "{\n  // NNCF's GPT-2 WikiText config style\n"
+        '  "input_info": [{"sample_size": [1, 1024], "type": "long"},],  /* one input */\n'
+        '  "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8,},},},\n}\n'
+    )
+    config = NNCFConfig.from_json(p)
+    assert config["input_info"] == [{"sample_size": [1, 1024], "type": "long"}]
+    assert config["compression"]["initializer"]["range"]["num_init_samples"] == 8
+    # the strict checks hold in commented files too
+    for text, reason in [
+        ('{// c\n "input_info": {"sample_size": [1, 8]}, "compression": {"algorithm": "quantization", "x": NaN}}', "NaN"),
+        ('{// c\n "compression": {"algorithm": "quantization"}, "compression": {}}', "appears twice"),
+        ('{// c\n "compression" {"algorithm": "quantization"}}', "nor JSON with comments"),
+    ]:
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=reason):
+            NNCFConfig.from_json(p)
+
+
+def test_nncf_sample_top_level_keys_are_ignored_with_a_warning():
+    """NNCF's sample configs carry their scripts' options at the top level; NNCF's schema allowed them."""
+    config = {
+        "model": "resnet50",
+        "input_info": {"sample_size": [1, 3, 224, 224]},
+        "multiprocessing_distributed": True,
+        "seed": 0,
+        "compression": {"algorithm": "quantization"},
+    }
+    with pytest.warns(UserWarning, match=r"ignoring top-level key\(s\) \['multiprocessing_distributed', 'seed'\]"):
+        parsed = NNCFConfig.from_dict(config)
+    assert parsed["multiprocessing_distributed"] is True  # kept in the dict, like NNCF's NNCFConfig
+    # inside "compression" an unknown key is still an error, and a misspelt top-level key of hf_qat's too
+    with pytest.raises(ConfigError, match=r"\$\.compression\.seed"):
+        NNCFConfig.from_dict({**config, "compression": {"algorithm": "quantization", "seed": 1}})
+    with pytest.raises(ConfigError, match="did you mean 'input_info'"):
+        NNCFConfig.from_dict({"inputs_info": {"sample_size": [1, 8]}, "compression": {"algorithm": "quantization"}})
