@@ -432,3 +432,39 @@ def test_external_data_files_are_replaced_together(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         export_onnx(model, path, batches[0], verify=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_example_as_long_as_the_position_table_exports(tmp_path):
+    """NNCF's GPT-2 config uses [1, 1024], GPT-2's whole position table: the example is shortened for the probe
+    run along the dynamic axes instead of running past the table (was a bare IndexError)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16, bos_token_id=1, eos_token_id=1)
+    )
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 64, (2, 16), generator=g)} for _ in range(2)]
+    config = NNCFConfig.from_dict(
+        {
+            "input_info": [{"sample_size": [1, 16], "type": "long", "keyword": "input_ids"}],
+            "compression": {"algorithm": "quantization"},
+        }
+    )
+    ctrl, model = create_compressed_model(model, register_default_init_args(config, batches))
+    result = ctrl.export_model(str(tmp_path / "gpt2.onnx"))  # example from input_info: [1, 16] = n_positions
+    assert all(r.ok for r in result.verification)
+    assert result.dynamic_axes["input_ids"] == {0: "batch_size", 1: "sequence_length"}
+    out = OnnxRunner(str(tmp_path / "gpt2.onnx"))({"input_ids": np.ones((1, 16), dtype=np.int64)})
+    assert out["logits"].shape == (1, 16, 64)
+
+
+def test_failure_in_the_probe_run_is_an_export_error(tmp_path, monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(
+        GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16, bos_token_id=1, eos_token_id=1)
+    )
+    monkeypatch.setattr(model.config, "n_positions", 10_000)  # the limit no longer protects the probe run
+    with pytest.raises(ExportError, match=r"grown along their dynamic axes .*failed in module transformer\.wpe .*IndexError"):
+        export_onnx(model, tmp_path / "m.onnx", {"input_ids": torch.ones(2, 16, dtype=torch.long)}, quantized=False)

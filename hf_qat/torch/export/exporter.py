@@ -234,8 +234,19 @@ def _output_axes(
         return {}, [], {}
     grown, growth = grow_inputs(sig.inputs, sig.dynamic_axes)
     args = [grown[n] for n in sig.input_names]
-    with torch.no_grad():
-        out = ExportWrapper(model, sig)(*args)
+    tracker = _ModuleTracker(model)
+    try:
+        with torch.no_grad():
+            out = ExportWrapper(model, sig)(*args)
+    except Exception as e:
+        shapes = {n: list(t.shape) for n, t in grown.items()}
+        raise ExportError(
+            f"running the model on inputs grown along their dynamic axes {shapes} (to find the outputs' dynamic "
+            f"axes) failed in module {tracker.innermost() or '<root>'}: {type(e).__name__}: {_first_line(e)}. Pass "
+            "dynamic_axes=False for a fixed-shape export, or shorter example inputs."
+        ) from e
+    finally:
+        tracker.remove()
     by_delta = {d: name for name, d in growth.items()}
     axes: dict[str, dict[int, str]] = {}
     for name, before, after in zip(sig.output_names, reference, out):

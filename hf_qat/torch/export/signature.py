@@ -23,7 +23,7 @@ from torch import nn
 
 from ...errors import ExportError
 
-__all__ = ["ExportSignature", "resolve_signature", "ExportWrapper", "grow_inputs"]
+__all__ = ["ExportSignature", "resolve_signature", "ExportWrapper", "grow_inputs", "fit_to_position_limit", "position_limit"]
 
 BATCH_AXIS = "batch_size"
 SEQUENCE_AXIS = "sequence_length"
@@ -166,6 +166,40 @@ def _at_least_two(t: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:
     return t
 
 
+#: Model-config attributes that bound the sequence length (position tables).
+_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "max_sequence_length")
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The longest token sequence the model's position table covers (``None``: unknown or unbounded)."""
+    config = getattr(model, "config", None)
+    limits = [getattr(config, a, None) for a in _POSITION_LIMITS]
+    limits = [v for v in limits if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(limits) if limits else None
+
+
+def fit_to_position_limit(
+    inputs: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]], limit: int | None
+) -> dict[str, torch.Tensor]:
+    """``inputs`` shortened along their sequence axis so that :func:`grow_inputs` stays within ``limit``.
+
+    The exporter runs the model once more on inputs grown along every dynamic axis (to find the outputs'
+    dynamic axes); an example already as long as the position table (NNCF's GPT-2 config: ``[1, 1024]``)
+    would run past it. The axes stay dynamic, so a shorter example exports the same graph.
+    """
+    if limit is None:
+        return inputs
+    names = sorted({n for axes in dynamic_axes.values() for n in axes.values()})
+    growth = {n: i + 1 for i, n in enumerate(names)}
+    out = {}
+    for name, t in inputs.items():
+        for axis, axis_name in dynamic_axes.get(name, {}).items():
+            if axis_name == SEQUENCE_AXIS and axis < t.dim() and t.shape[axis] + growth[axis_name] > limit:
+                t = t.narrow(axis, 0, max(limit - growth[axis_name], 2)).contiguous()
+        out[name] = t
+    return out
+
+
 def grow_inputs(
     inputs: dict[str, torch.Tensor], dynamic_axes: dict[str, dict[int, str]]
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -269,6 +303,7 @@ def resolve_signature(
     axes = {n: a for n, a in axes.items() if a}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     tensors = {n: _at_least_two(t, axes.get(n, {})).to(device) for n, t in tensors.items()}
+    tensors = fit_to_position_limit(tensors, axes, position_limit(model))
     return ExportSignature(names, tensors, num_positional, constants, dynamic_axes=axes)
 
 
