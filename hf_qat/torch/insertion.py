@@ -34,8 +34,14 @@ __all__ = ["build_quantizer_setup", "QuantizationContainer", "apply_setup", "CON
 CONTAINER_NAME = "_hf_qat"
 
 
-def build_quantizer_setup(model: nn.Module, trace: GraphTrace, settings: QuantizationSettings) -> QuantizerSetup:
+def build_quantizer_setup(
+    model: nn.Module, trace: GraphTrace, settings: QuantizationSettings, scope_names: list[str] | None = None
+) -> QuantizerSetup:
     """Choose quantization points for ``model`` from its trace and the config.
+
+    ``scope_names`` (default: the trace's node names) are the operations scopes are validated against: the
+    backend passes every operation the model can run for its inputs, also those the traced batch did not reach
+    (the attention-mask add that transformers 5 skips on batches without padding).
 
     Raises:
         [`ScopeError`]: a scope pattern matches no traced operation (unless ``validate_scopes`` is false).
@@ -43,7 +49,7 @@ def build_quantizer_setup(model: nn.Module, trace: GraphTrace, settings: Quantiz
     """
     names = trace.node_names
     if settings.validate_scopes:
-        _validate_scopes(settings, names)
+        _validate_scopes(settings, list(dict.fromkeys([*names, *(scope_names or [])])))
     modules = dict(model.named_modules())
     points: list[QuantizationPoint] = []
     tensor_of: dict[int, int] = {}  # point index -> tensor key (activations)

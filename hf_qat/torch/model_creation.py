@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -161,14 +162,19 @@ class TorchBackend:
     def build_setup(self, model: nn.Module, config: NNCFConfig, settings: QuantizationSettings) -> QuantizerSetup:
         forward = _example_forward(model, config, _extra(config, QuantizationRangeInitArgs), self.dummy_forward_fn)
         trace = trace_model(model, forward)
-        return drop_empty_weight_points(model, build_quantizer_setup(model, trace, settings))
+        names = trace.node_names
+        if settings.validate_scopes:
+            padded = padded_trace(model, forward)
+            names = names + (padded.node_names if padded is not None else [])
+        return drop_empty_weight_points(model, build_quantizer_setup(model, trace, settings, names))
 
     def insert(
         self, model: nn.Module, setup: QuantizerSetup, settings: QuantizationSettings, config: NNCFConfig
     ) -> QuantizationController:
         if self._restoring and needs_trace_check(model, setup):
             forward = _example_forward(model, config, _extra(config, QuantizationRangeInitArgs), self.dummy_forward_fn)
-            check_points_traced(model, setup, trace_model(model, forward))
+            traces = [trace_model(model, forward), padded_trace(model, forward)]
+            check_points_traced(model, setup, *[t for t in traces if t is not None])
         quantizers, hooks = apply_setup(model, setup)
         return QuantizationController(model, setup, quantizers, hooks, settings, config)
 
@@ -242,6 +248,45 @@ def check_setup_layer_count(model: nn.Module, setup: QuantizerSetup) -> None:
         )
 
 
+def padded_trace(model: nn.Module, forward: Callable[[nn.Module], Any]) -> GraphTrace | None:
+    """A second trace in which the example's attention mask (all ones) has one padded position.
+
+    transformers 5 adds the attention mask only when a batch has padding, so the operations a scope may name
+    (``{re}BertSelfAttention\\[self\\]/__add___0`` in NNCF's XNLI config) would depend on what the calibration
+    batches happen to contain; scopes and restored states are checked against both traces. ``None`` when the
+    example has no such mask.
+    """
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    changed = []
+
+    def pad(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        where = "kw"
+        if mask is None and "attention_mask" in params:
+            i = params.index("attention_mask")
+            mask, where = (args[i], i) if i < len(args) else (None, None)
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] < 2 or not bool((mask == 1).all()):
+            return None
+        padded = mask.clone()
+        padded[:, -1] = 0
+        changed.append(True)
+        if where == "kw":
+            return args, {**kwargs, "attention_mask": padded}
+        return (*args[:where], padded, *args[where + 1 :]), kwargs
+
+    handle = model.register_forward_pre_hook(pad, with_kwargs=True)
+    try:
+        trace = trace_model(model, forward)
+    except Exception:  # a model that cannot run padded: only the first trace counts
+        return None
+    finally:
+        handle.remove()
+    return trace if changed else None
+
+
 def needs_trace_check(model: nn.Module, setup: QuantizerSetup) -> bool:
     """Whether ``setup`` has points beyond hf_qat's own placement (quantized layers and activation
     products), as states NNCF 2.x wrote do: those name arbitrary operations by call count, and a name the
@@ -262,14 +307,14 @@ def needs_trace_check(model: nn.Module, setup: QuantizerSetup) -> bool:
     return False
 
 
-def check_points_traced(model: nn.Module, setup: QuantizerSetup, trace: GraphTrace) -> None:
+def check_points_traced(model: nn.Module, setup: QuantizerSetup, *traces: GraphTrace) -> None:
     """Refuse a setup whose activation points name operations the model's trace does not have.
 
     Names are compared by module path, operation and call index, so NNCF's wrapper class names
     (``NNCFLayerNorm[LayerNorm]``) and classes transformers renamed (DistilBERT's ``MultiHeadSelfAttention``
     is ``DistilBertSelfAttention`` in transformers 5) match; operations that exist in another
-    transformers version only (NNCF 2.x traced transformers 4: ``__iadd__``, ``__truediv__``, an attention
-    mask ``__add__``) do not, and are listed.
+    transformers version only (NNCF 2.x traced transformers 4: ``__iadd__``, ``__truediv__``) do not, and are
+    listed. ``traces`` are the example's trace and its padded variant (see [`padded_trace`]).
 
     Raises:
         [`CompressionStateError`]: naming the missing operations and, for each, what the model's module
@@ -292,10 +337,11 @@ def check_points_traced(model: nn.Module, setup: QuantizerSetup, trace: GraphTra
             "model it was saved from."
         )
     traced: dict[str, dict[str, int]] = {}
-    for node in trace.nodes:
-        ops = traced.setdefault(node.module_path, {})
-        op = relative_op(node, trace)
-        ops[op] = max(ops.get(op, 0), node.index + 1)
+    for trace in traces:
+        for node in trace.nodes:
+            ops = traced.setdefault(node.module_path, {})
+            op = relative_op(node, trace)
+            ops[op] = max(ops.get(op, 0), node.index + 1)
     missing = []
     for qp in setup.points.values():
         try:
@@ -313,9 +359,8 @@ def check_points_traced(model: nn.Module, setup: QuantizerSetup, trace: GraphTra
         raise CompressionStateError(
             f"The compression state names {len(missing)} operation(s) that this model does not run:\n  - {shown}\n"
             "The state was traced from another model or another transformers version (NNCF 2.x under transformers 4 "
-            "names operations such as __iadd__, __truediv__ and the attention-mask __add__ that transformers 5 no "
-            "longer runs; the mask add also needs padded example inputs). Nothing was modified; re-create the state "
-            "with the transformers version installed here."
+            "names operations such as __iadd__ and __truediv__ that transformers 5 no longer runs). Nothing was "
+            "modified; re-create the state with the transformers version installed here."
         )
 
 

@@ -325,3 +325,22 @@ def test_submodule_called_directly_keeps_its_activation_quantizers():
             assert torch.equal(parts, whole)
         model(**x)
         assert torch.equal(model.classifier(model.bert(**x).pooler_output), whole)
+
+
+def test_scopes_and_setup_do_not_depend_on_padding_in_the_calibration_batches():
+    """transformers 5 runs the attention-mask add only for batches with padding; a scope naming it (NNCF's XNLI and
+    MobileBERT configs) is valid either way, and the quantizer setup is the same."""
+    scope = r"{re}.*BertSelfAttention\[self\]/__add___0"
+    setups = []
+    for padded in (False, True):
+        batches = text_batches()  # row 0 of each batch is padded
+        if not padded:
+            for b in batches:
+                b["attention_mask"][:] = 1
+        config = NNCFConfig.from_dict(quant_config(ignored_scopes=[scope]))
+        ctrl, _ = create_compressed_model(tiny_bert(), register_default_init_args(config, batches))
+        setups.append(ctrl.get_compression_state()["builder_state"])
+    assert setups[0] == setups[1]
+    with pytest.raises(ScopeError, match="__mul___7"):  # a scope naming nothing at all is still an error
+        create_compressed_model(tiny_bert(), register_default_init_args(NNCFConfig.from_dict(quant_config(
+            ignored_scopes=[r"{re}.*BertSelfAttention\[self\]/__mul___7"])), text_batches()))  # fmt: skip
