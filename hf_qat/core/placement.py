@@ -7,8 +7,11 @@ NNCF config means the same thing on both.
 
 from __future__ import annotations
 
+import warnings
+
 from ..errors import ScopeError
 from .algo_config import QuantizationSettings
+from .renames import translate_scope
 from .scopes import matches_any, nearest_names
 from .spec import QuantizerGroup, QuantizerSpec
 
@@ -16,8 +19,14 @@ __all__ = ["group_spec", "validate_scopes"]
 
 
 def validate_scopes(settings: QuantizationSettings, names: list[str]) -> None:
-    """Raise [`ScopeError`] for the first scope pattern of the config that matches none of ``names``."""
-    checks: list[tuple[str, list[str]]] = [
+    """Check every scope pattern of the config against the model's operation ``names``.
+
+    A pattern that matches nothing is translated when an exact translation exists (see
+    :mod:`hf_qat.core.renames`: operations transformers renamed, ``scaled_dot_product_attention`` computed
+    eagerly); ``settings`` is updated in place and a warning names each translation. Otherwise
+    [`ScopeError`] is raised for the first such pattern.
+    """
+    lists: list[tuple[str, list[str]]] = [
         ("ignored_scopes", settings.ignored_scopes),
         ("target_scopes", settings.target_scopes),
         ("weights.ignored_scopes", settings.weights.ignored_scopes),
@@ -25,16 +34,33 @@ def validate_scopes(settings: QuantizationSettings, names: list[str]) -> None:
         ("activations.ignored_scopes", settings.activations.ignored_scopes),
         ("activations.target_scopes", settings.activations.target_scopes),
     ]
-    for group, overrides in settings.scope_overrides.items():
-        checks.append((f"scope_overrides.{group}", list(overrides)))
     if settings.range_init_is_per_layer:
         for i, r in enumerate(settings.range_init):
-            checks.append((f"initializer.range[{i}].target_scopes", r.target_scopes))
-            checks.append((f"initializer.range[{i}].ignored_scopes", r.ignored_scopes))
-    for where, patterns in checks:
-        for pattern in patterns:
-            if not any(matches_any(n, [pattern]) for n in names):
-                raise ScopeError(pattern, where, nearest_names(pattern, names))
+            lists.append((f"initializer.range[{i}].target_scopes", r.target_scopes))
+            lists.append((f"initializer.range[{i}].ignored_scopes", r.ignored_scopes))
+    for where, patterns in lists:
+        for i, pattern in enumerate(patterns):
+            patterns[i] = _resolve(pattern, where, names)
+    for group, overrides in list(settings.scope_overrides.items()):
+        # rebuilt in order: a later entry wins when several match, so the order is kept
+        settings.scope_overrides[group] = {
+            _resolve(pattern, f"scope_overrides.{group}", names): values for pattern, values in overrides.items()
+        }
+
+
+def _resolve(pattern: str, where: str, names: list[str]) -> str:
+    if any(matches_any(n, [pattern]) for n in names):
+        return pattern
+    translated = translate_scope(pattern, names)
+    if translated is None:
+        raise ScopeError(pattern, where, nearest_names(pattern, names))
+    new, rename = translated
+    warnings.warn(
+        f"NNCF config {where}: {pattern!r} matches no operation of the model; using {new!r} ({rename.reason}).",
+        UserWarning,
+        stacklevel=4,
+    )
+    return new
 
 
 def group_spec(

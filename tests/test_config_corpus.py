@@ -1,0 +1,185 @@
+"""NNCF's and optimum-intel's published quantization configs, unchanged, on the matching architectures.
+
+Each config either compresses, trains one step and exports INT8 ONNX verified in ONNX Runtime, or is refused
+naming the algorithm hf_qat leaves out of scope. Sources and commits: tests/corpus/README.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import hf_qat
+from hf_qat import ConfigError, NNCFConfig
+from hf_qat.utils.jsonfile import loads_json
+
+CORPUS = Path(__file__).parent / "corpus"
+V = 100
+
+
+def _bert(cls_name, num_labels=3):
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=512, num_labels=num_labels)  # fmt: skip
+    return getattr(transformers, cls_name)(config)
+
+
+def _distilbert():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    return DistilBertForSequenceClassification(DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=2, hidden_dim=64))
+
+
+def _roberta():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3
+    )
+    return RobertaForSequenceClassification(config)
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    # GPT-2's real position table (1024), as the config's input_info [1, 1024] expects
+    return GPT2LMHeadModel(
+        GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=2, n_positions=1024, bos_token_id=1, eos_token_id=1)
+    )
+
+
+def _mobilebert():
+    from transformers import MobileBertConfig, MobileBertForQuestionAnswering
+
+    config = MobileBertConfig(vocab_size=V, hidden_size=64, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32,
+                              num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_feedforward_networks=1)  # fmt: skip
+    return MobileBertForQuestionAnswering(config)
+
+
+def _wav2vec2():
+    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+
+    config = Wav2Vec2Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=2, num_labels=3, do_stable_layer_norm=False)  # fmt: skip
+    return Wav2Vec2ForSequenceClassification(config)
+
+
+def _text(batch=2, seq=32, mask=True):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(2):
+        ids = torch.randint(1, V, (batch, seq), generator=g)
+        b = {"input_ids": ids}
+        if mask:
+            b["attention_mask"] = torch.ones_like(ids)
+            b["attention_mask"][0, -4:] = 0
+        out.append(b)
+    return out
+
+
+def _audio():
+    g = torch.Generator().manual_seed(0)
+    return [{"input_values": torch.randn(2, 800, generator=g)} for _ in range(2)]
+
+
+TEXT_INFO = [{"sample_size": [1, 32], "type": "long", "keyword": "input_ids"},
+             {"sample_size": [1, 32], "type": "long", "keyword": "attention_mask"}]  # fmt: skip
+AUDIO_INFO = [{"sample_size": [1, 800], "type": "float", "keyword": "input_values"}]
+
+#: file -> (model builder, calibration batches, input_info for compression entries, expected outcome)
+#: where the outcome is "runs" or the text the refusal must contain.
+CASES = {
+    "nncf_bert_config_conll.json": (lambda: _bert("BertForTokenClassification"), _text, None, "runs"),
+    "nncf_bert_config_mrpc.json": (lambda: _bert("BertForSequenceClassification"), _text, None, "runs"),
+    "nncf_bert_config_squad.json": (lambda: _bert("BertForQuestionAnswering", 2), _text, None, "runs"),
+    "nncf_bert_config_squad_magnitude_sparsity_cubic.json": (
+        lambda: _bert("BertForQuestionAnswering", 2),
+        _text,
+        None,
+        "'magnitude_sparsity'",
+    ),  # fmt: skip
+    "nncf_bert_config_xnli.json": (lambda: _bert("BertForSequenceClassification"), _text, None, "runs"),
+    "nncf_distilbert_config_sst2.json": (_distilbert, _text, None, "runs"),
+    "nncf_gpt2_config_wikitext_hw_config.json": (_gpt2, lambda: _text(mask=False), None, "runs"),
+    "nncf_mobilebert_config_squad_int8.json": (_mobilebert, _text, None, "runs"),
+    "nncf_roberta_config_mnli.json": (_roberta, _text, None, "runs"),
+    "optimum_intel_ovtrainer_default.json": (lambda: _bert("BertForSequenceClassification"), _text, TEXT_INFO, "runs"),
+    "optimum_intel_audio-classification_wav2vec2-base-qat.json": (_wav2vec2, _audio, AUDIO_INFO, "runs"),
+    "optimum_intel_audio-classification_wav2vec2-base-jpqd.json": (_wav2vec2, _audio, AUDIO_INFO, "'movement_sparsity'"),
+    "optimum_intel_image-classification_swin-base-jpqd.json": (None, None, TEXT_INFO, "'movement_sparsity'"),
+    "optimum_intel_question-answering_bert-base-jpqd.json": (None, None, TEXT_INFO, "'movement_sparsity'"),
+    "optimum_intel_question-answering_bert-base-movement-sparsity.json": (None, None, TEXT_INFO, "'movement_sparsity'"),
+    "optimum_intel_text-classification_bert-base-jpqd.json": (None, None, TEXT_INFO, "'movement_sparsity'"),
+}
+
+
+def test_every_corpus_file_has_an_expected_outcome():
+    assert sorted(CASES) == sorted(p.name for p in CORPUS.glob("*.json"))
+
+
+def _config(name: str, input_info) -> dict:
+    data = loads_json((CORPUS / name).read_bytes(), source=name, strict=True, comments=True)
+    if input_info is not None:  # optimum-intel: compression entries; OVTrainer adds input_info from the model
+        data = {"input_info": input_info, "compression": data}
+    return data
+
+
+def _loss(out) -> torch.Tensor:
+    for attr in ("logits", "start_logits"):
+        if getattr(out, attr, None) is not None:
+            return getattr(out, attr).float().pow(2).mean()
+    raise AssertionError(f"no output to train on in {type(out).__name__}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_published_config(name, tmp_path):
+    build, batches, input_info, expected = CASES[name]
+    config = _config(name, input_info)
+    if expected != "runs":
+        with pytest.raises(ConfigError, match=expected):
+            NNCFConfig.from_dict(config)
+        return
+    torch.manual_seed(0)
+    model = build()
+    data = batches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # translations and sample keys are announced with warnings, tested elsewhere
+        config = hf_qat.register_default_init_args(NNCFConfig.from_dict(config), data)
+        ctrl, model = hf_qat.create_compressed_model(model, config)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    _loss(model(**data[0])).backward()
+    optimizer.step()
+    model.eval()
+    result = ctrl.export_model(str(tmp_path / "model.onnx"))
+    assert result.num_weight_quantizers > 0 and all(r.ok for r in result.verification), result
+
+
+def test_renamed_operations_are_translated_with_a_warning():
+    """NNCF's GPT-2 config ignores GPT-2's attention scaling as ``__truediv___0``; transformers 5 multiplies."""
+    config = _config("nncf_gpt2_config_wikitext_hw_config.json", None)
+    config["input_info"][0]["sample_size"] = [1, 16]
+    with pytest.warns(UserWarning, match=r"__truediv___0.*matches no operation.*__mul___0.*multiplying"):
+        ctrl, _ = hf_qat.create_compressed_model(_gpt2(), NNCFConfig.from_dict(config))
+    assert not any("GPT2Attention[attn]/__mul___0" in qid for qid in ctrl.quantizers)
+
+
+def test_sdpa_scope_is_translated_to_the_eager_products():
+    config = _config("optimum_intel_ovtrainer_default.json", TEXT_INFO)
+    with pytest.warns(UserWarning, match=r"scaled_dot_product_attention_0.*\(\?:matmul_0\|matmul_1\)"):
+        ctrl, _ = hf_qat.create_compressed_model(_bert("BertForSequenceClassification"), NNCFConfig.from_dict(config))
+    modes = {qid: q.spec.mode for qid, q in ctrl.quantizers.items() if "matmul_1" in qid}
+    assert modes and set(modes.values()) == {"symmetric"}  # the override reaches P @ V as it reached SDPA's inputs
+
+
+def test_a_scope_with_no_exact_translation_stays_an_error():
+    config = _config("nncf_gpt2_config_wikitext_hw_config.json", None)
+    config["compression"]["ignored_scopes"].append("{re}.*Attention\\[attn\\]/__truediv___1")
+    with pytest.raises(hf_qat.ScopeError, match="__truediv___1"):
+        hf_qat.create_compressed_model(_gpt2(), NNCFConfig.from_dict(config))
