@@ -14,7 +14,14 @@ from ..errors import ConfigError
 from .scopes import matches_any, to_list
 from .spec import QuantizationMode, QuantizerGroup
 
-__all__ = ["GroupSettings", "RangeInitSettings", "QuantizationSettings", "DEFAULT_NUM_INIT_SAMPLES"]
+__all__ = [
+    "GroupSettings",
+    "RangeInitSettings",
+    "QuantizationSettings",
+    "DistillationSettings",
+    "without_distillation",
+    "DEFAULT_NUM_INIT_SAMPLES",
+]
 
 DEFAULT_NUM_INIT_SAMPLES = 256
 DEFAULT_RANGE_TYPE = "mixed_min_max"
@@ -60,6 +67,35 @@ class RangeInitSettings:
             target_group=d.get("target_quantizer_group"),
             **extra,
         )
+
+
+@dataclass
+class DistillationSettings:
+    """NNCF's ``knowledge_distillation`` entry: ``loss = task + scale * KD`` with KD the temperature-scaled
+    KL divergence of the softmaxes (``softmax``) or the mean squared error of the logits (``mse``)."""
+
+    kind: str
+    scale: float = 1.0
+    temperature: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: dict) -> DistillationSettings | None:
+        """The config's ``knowledge_distillation`` entry (validated), or ``None``."""
+        compression = config.get("compression")
+        entries = compression if isinstance(compression, list) else ([compression] if compression else [])
+        entry = next((e for e in entries if isinstance(e, dict) and e.get("algorithm") == "knowledge_distillation"), None)
+        if entry is None:
+            return None
+        return cls(entry["type"], float(entry.get("scale", 1.0)), float(entry.get("temperature", 1.0)))
+
+
+def without_distillation(config: dict) -> dict:
+    """A shallow copy of ``config`` without its ``knowledge_distillation`` entry (what compression itself reads)."""
+    compression = config.get("compression")
+    if not isinstance(compression, list):
+        return dict(config)
+    kept = [e for e in compression if not (isinstance(e, dict) and e.get("algorithm") == "knowledge_distillation")]
+    return {**config, "compression": kept[0] if len(kept) == 1 else kept}
 
 
 @dataclass

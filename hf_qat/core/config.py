@@ -18,7 +18,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from ..errors import ConfigError, JSONFileError
 from ..utils.jsonfile import loads_json
-from .schema import NNCF_CONFIG_SCHEMA, QUANTIZATION_ALGO_SCHEMA, UNSUPPORTED_KEYS
+from .schema import KNOWLEDGE_DISTILLATION_SCHEMA, NNCF_CONFIG_SCHEMA, QUANTIZATION_ALGO_SCHEMA, UNSUPPORTED_KEYS
 
 __all__ = ["NNCFConfig", "json_path", "validate_config"]
 
@@ -112,7 +112,7 @@ def _validator(schema_id: int) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(_SCHEMAS[schema_id])
 
 
-_SCHEMAS = {id(NNCF_CONFIG_SCHEMA): NNCF_CONFIG_SCHEMA, id(QUANTIZATION_ALGO_SCHEMA): QUANTIZATION_ALGO_SCHEMA}
+_SCHEMAS = {id(schema): schema for schema in (NNCF_CONFIG_SCHEMA, QUANTIZATION_ALGO_SCHEMA, KNOWLEDGE_DISTILLATION_SCHEMA)}
 
 
 def _validate_against(schema: dict, instance: Any, prefix: tuple[Any, ...]) -> None:
@@ -247,19 +247,27 @@ def validate_config(config: dict) -> None:
     compression = config.get("compression", [])
     entries = compression if isinstance(compression, list) else [compression]
     quantization = 0
+    distillation = 0
     for i, entry in enumerate(entries):
         prefix = ("compression", i) if isinstance(compression, list) else ("compression",)
+        if entry["algorithm"] == "knowledge_distillation":
+            distillation += 1
+            _validate_against(KNOWLEDGE_DISTILLATION_SCHEMA, entry, prefix)
+            continue
         if entry["algorithm"] != "quantization":
             raise ConfigError(
                 json_path(prefix + ("algorithm",)),
                 entry["algorithm"],
-                "'quantization'",
-                detail="hf_qat implements quantization-aware training only (no sparsity, pruning or distillation).",
+                "'quantization' (or 'knowledge_distillation' beside it)",
+                detail="hf_qat implements quantization-aware training, with distillation from the FP32 model in "
+                "QATTrainer; sparsity, pruning and other NNCF algorithms are out of its scope.",
             )
         quantization += 1
         _validate_quantization_entry(entry, prefix, config)
     if quantization > 1:
         raise ConfigError(json_path(("compression",)), compression, "at most one 'quantization' entry")
+    if distillation > 1:
+        raise ConfigError(json_path(("compression",)), compression, "at most one 'knowledge_distillation' entry")
 
 
 class NNCFConfig(dict):

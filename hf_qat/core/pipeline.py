@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..errors import CompressionStateError, HfQatError
-from .algo_config import QuantizationSettings
+from ..errors import CompressionStateError, ConfigError, HfQatError
+from .algo_config import DistillationSettings, QuantizationSettings
 from .config import NNCFConfig
 from .state import QuantizerSetup, parse_compression_state
 
@@ -67,6 +67,15 @@ def compress(
     """
     if not isinstance(config, NNCFConfig):
         config = NNCFConfig.from_dict(config)
+    if DistillationSettings.from_config(config) is not None:
+        raise ConfigError(
+            "$.compression",
+            "knowledge_distillation",
+            "a quantization entry only, for create_compressed_model",
+            detail="Distillation needs a training loop that runs the FP32 teacher: QATTrainer reads the "
+            "knowledge_distillation entry from its nncf_config (or set QATTrainingArguments.distillation_weight); "
+            "in your own loop, remove the entry and add a distillation loss.",
+        )
     settings = QuantizationSettings.from_config(config)
     backend.check_model(model)
     setup = ctrl_state = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NNCF_CONFIG_SCHEMA", "RANGE_INIT_TYPES", "TARGET_DEVICES", "UNSUPPORTED_KEYS"]
+__all__ = ["NNCF_CONFIG_SCHEMA", "KNOWLEDGE_DISTILLATION_SCHEMA", "RANGE_INIT_TYPES", "TARGET_DEVICES", "UNSUPPORTED_KEYS"]
 
 RANGE_INIT_TYPES = ["min_max", "mixed_min_max", "mean_min_max", "threesigma", "percentile", "mean_percentile"]
 TARGET_DEVICES = ["ANY", "CPU", "GPU", "NPU", "VPU", "TRIAL", "CPU_SPR"]
@@ -187,6 +187,19 @@ NNCF_CONFIG_SCHEMA: dict[str, Any] = {
         "pretrained": {"type": "boolean"},
         "dataset": {"type": "string"},
     },
+    "additionalProperties": False,
+}
+
+#: NNCF's ``knowledge_distillation`` algorithm entry: QATTrainer distils from the FP32 model with it.
+KNOWLEDGE_DISTILLATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "algorithm": {"const": "knowledge_distillation"},
+        "type": {"enum": ["softmax", "mse"]},
+        "scale": {"type": "number", "exclusiveMinimum": 0},
+        "temperature": {"type": "number", "exclusiveMinimum": 0},
+    },
+    "required": ["algorithm", "type"],
     "additionalProperties": False,
 }
 

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
+from ..core.algo_config import DistillationSettings, without_distillation
 from ..core.config import NNCFConfig
 from ..core.defaults import default_nncf_config
 from ..core.layout import ONNX_NAME, quantization_config_dict, write_qat_files
@@ -154,7 +155,14 @@ class QATTrainer(Trainer):
             else _resolve_config(args.nncf_config, args.num_calibration_samples)
         )
         self.teacher: nn.Module | None = None
-        if args.distillation_weight > 0 and model is not None:
+        # NNCF's knowledge_distillation entry, or the distillation_weight argument (not both)
+        self.distillation = DistillationSettings.from_config(self.nncf_config)
+        if self.distillation is not None and args.distillation_weight > 0:
+            raise ValueError(
+                "Distillation is set twice: by the nncf_config's knowledge_distillation entry and by distillation_weight; "
+                "keep one."
+            )
+        if (args.distillation_weight > 0 or self.distillation is not None) and model is not None:
             if compression_ctrl is not None:
                 raise ValueError("Distillation needs the FP32 model as teacher: pass the uncompressed model to QATTrainer.")
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -176,6 +184,8 @@ class QATTrainer(Trainer):
         if self.compression_ctrl is not None:
             return self
         config = copy.deepcopy(self.nncf_config)
+        if "compression" in config:  # the trainer runs the distillation itself
+            config["compression"] = without_distillation(config)["compression"]
         if compression_state is None:
             if self.train_dataset is None:
                 raise ValueError("QATTrainer needs a train_dataset to calibrate the quantizers (or a compression_state).")
@@ -270,7 +280,9 @@ class QATTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Task loss, plus (with ``distillation_weight > 0``) the temperature-scaled KL divergence
-        to the FP32 teacher's logits: ``(1 - w) * task + w * T^2 * KL(teacher || student)``."""
+        to the FP32 teacher's logits: ``(1 - w) * task + w * T^2 * KL(teacher || student)``; with the
+        config's ``knowledge_distillation`` entry, NNCF's ``task + scale * KD`` (KD: ``T^2 * KL`` for
+        ``softmax``, the logits' mean squared error for ``mse``)."""
         if self.teacher is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -285,9 +297,15 @@ class QATTrainer(Trainer):
         if student_logits.dim() == 3 and isinstance(labels, torch.Tensor) and labels.shape == student_logits.shape[:2]:
             keep = labels.reshape(-1) != -100  # token-level tasks: only positions that have a label
             student, teacher = student[keep], teacher[keep]
-        kd = F.kl_div(
-            F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="batchmean"
-        ) * (t * t)
+        nncf = self.distillation
+        if nncf is not None:
+            t = nncf.temperature
+        if nncf is not None and nncf.kind == "mse":
+            kd = F.mse_loss(student, teacher)
+        else:
+            kd = F.kl_div(
+                F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="batchmean"
+            ) * (t * t)
         scaled = (
             self.loss_is_scaled_for_ga
             if self.loss_is_scaled_for_ga is not None
@@ -295,8 +313,11 @@ class QATTrainer(Trainer):
         )
         if scaled:  # the task loss is already divided over the accumulated batch: do the same for KD
             kd = kd / self.current_gradient_accumulation_steps
-        w = self.args.distillation_weight
-        loss = (1 - w) * loss + w * kd
+        if nncf is not None:
+            loss = loss + nncf.scale * kd
+        else:
+            w = self.args.distillation_weight
+            loss = (1 - w) * loss + w * kd
         return (loss, outputs) if return_outputs else loss
 
     # -- saving -------------------------------------------------------------------------------------

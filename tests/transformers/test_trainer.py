@@ -197,3 +197,61 @@ def test_distillation_with_gradient_accumulation_is_scaled_like_the_task_loss(tm
         scaled = trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(32))
     # with num_items_in_batch the Trainer skips its own division by the accumulation steps
     assert torch.isclose(scaled, plain / 4) if trainer.model_accepts_loss_kwargs else torch.isclose(scaled, plain)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "mse"])
+def test_nncf_knowledge_distillation_entry_drives_distillation(tmp_path, kind):
+    """NNCF's BERT configs put knowledge_distillation beside quantization: QATTrainer distils with NNCF's
+    loss = task + scale * KD; the quantization part is what gets compressed and saved."""
+    import torch.nn.functional as F
+
+    config = {
+        "input_info": [{"sample_size": [1, 12], "type": "long"}] * 2,
+        "compression": [
+            {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 16}}},
+            {"algorithm": "knowledge_distillation", "type": kind, "scale": 0.5, "temperature": 2.0},
+        ],
+    }
+    ds = tiny_text_dataset()
+    trainer = QATTrainer(model=tiny_bert(), args=make_args(tmp_path, max_steps=2, nncf_config=config), train_dataset=ds)
+    assert trainer.teacher is not None and trainer.distillation.kind == kind
+    trainer.train()
+    assert trainer.compression_ctrl.config["compression"]["algorithm"] == "quantization"
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = trainer.model(**batch)
+        teacher = trainer.teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        if kind == "mse":
+            kd = F.mse_loss(out.logits, teacher)
+        else:
+            kd = (
+                F.kl_div(
+                    F.log_softmax(out.logits / 2, -1), F.log_softmax(teacher / 2, -1), log_target=True, reduction="batchmean"
+                )
+                * 4
+            )
+        trainer.model.eval()  # dropout off: the same forward twice
+        out = trainer.model(**batch)
+        expected = out.loss + 0.5 * kd
+        trainer.model.train()
+        for m in trainer.model.modules():  # train mode without dropout randomness
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+        got = trainer.compute_loss(trainer.model, batch)
+    assert torch.isclose(got, expected, rtol=1e-4), (got, expected)
+    with pytest.raises(ValueError, match="set twice"):
+        QATTrainer(model=tiny_bert(), args=make_args(tmp_path, nncf_config=config, distillation_weight=0.5), train_dataset=ds)
+
+
+def test_knowledge_distillation_without_a_trainer_is_refused():
+    from hf_qat import ConfigError, create_compressed_model
+
+    config = {"compression": [{"algorithm": "quantization"}, {"algorithm": "knowledge_distillation", "type": "softmax"}]}
+    with pytest.raises(ConfigError, match="QATTrainer reads the knowledge_distillation entry"):
+        create_compressed_model(tiny_bert(), config)
+    with pytest.raises(ConfigError, match=r"compression\[1\]\.type"):
+        NNCFConfig.from_dict(
+            {"compression": [{"algorithm": "quantization"}, {"algorithm": "knowledge_distillation", "type": "kl"}]}
+        )
