@@ -118,6 +118,8 @@ class QuantizationSettings:
     activations_quant_start_epoch: int | None
     weights_quant_start_epoch: int | None
     config_path: tuple[Any, ...] = ()
+    #: NNCF's manual mixed precision (``initializer.precision.bitwidth_per_scope``): ``(bits, scope)``, later wins.
+    bitwidth_per_scope: list[tuple[int, str]] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: dict) -> QuantizationSettings:
@@ -183,6 +185,9 @@ class QuantizationSettings:
             activations_quant_start_epoch=(params or {}).get("activations_quant_start_epoch", 1) if params is not None else None,
             weights_quant_start_epoch=(params or {}).get("weights_quant_start_epoch", 1) if params is not None else None,
             config_path=path,
+            bitwidth_per_scope=[
+                (int(bits), str(scope)) for bits, scope in (init.get("precision") or {}).get("bitwidth_per_scope", [])
+            ],
         )
 
     # -- queries ------------------------------------------------------------------------------

@@ -145,13 +145,21 @@ def _validate_quantization_entry(entry: dict, prefix: tuple[Any, ...], config: d
     _validate_against(QUANTIZATION_ALGO_SCHEMA, entry, prefix)
     for dotted, (bad_value, reason) in UNSUPPORTED_KEYS.items():
         found, value = _get(entry, dotted)
-        if found and (bad_value is None or value == bad_value):
+        refused = bad_value is None or value == bad_value or (isinstance(bad_value, tuple) and value in bad_value)
+        if found and refused:
+            expected = "a key hf_qat implements" if bad_value is None else f"not {bad_value!r}"
+            if isinstance(bad_value, tuple):
+                expected = f"none of {list(bad_value)}"
             raise ConfigError(
-                json_path(prefix + tuple(dotted.split("."))),
-                value,
-                "a key hf_qat implements" if bad_value is None else f"not {bad_value!r}",
-                detail=f"Not supported by hf_qat: {reason}",
+                json_path(prefix + tuple(dotted.split("."))), value, expected, detail=f"Not supported by hf_qat: {reason}"
             )
+    precision = entry.get("initializer", {}).get("precision")
+    if precision is not None:
+        p = prefix + ("initializer", "precision")
+        if "bitwidth_per_scope" not in precision:
+            raise ConfigError(json_path(p), precision, "'bitwidth_per_scope' with type 'manual'")
+        for i, (_, scope) in enumerate(precision["bitwidth_per_scope"]):
+            _check_scopes(scope, p + ("bitwidth_per_scope", i, 1))
     init = entry.get("initializer", {}).get("range")
     ranges = init if isinstance(init, list) else ([init] if init else [])
     for i, r in enumerate(ranges):

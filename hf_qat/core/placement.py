@@ -15,7 +15,7 @@ from .renames import translate_scope
 from .scopes import matches_any, nearest_names
 from .spec import QuantizerGroup, QuantizerSpec
 
-__all__ = ["group_spec", "validate_scopes"]
+__all__ = ["group_spec", "quantizer_names", "validate_scopes"]
 
 
 def validate_scopes(settings: QuantizationSettings, names: list[str]) -> None:
@@ -41,6 +41,10 @@ def validate_scopes(settings: QuantizationSettings, names: list[str]) -> None:
     for where, patterns in lists:
         for i, pattern in enumerate(patterns):
             patterns[i] = _resolve(pattern, where, names)
+    if settings.bitwidth_per_scope:
+        ids = [*names, *(f"{n}|WEIGHT" for n in names), *(f"{n}|INPUT{p}" for n in names for p in range(4))]
+        for i, (bits, scope) in enumerate(settings.bitwidth_per_scope):
+            settings.bitwidth_per_scope[i] = (bits, _resolve(scope, f"initializer.precision.bitwidth_per_scope[{i}]", ids))
     for group, overrides in list(settings.scope_overrides.items()):
         # rebuilt in order: a later entry wins when several match, so the order is kept
         settings.scope_overrides[group] = {
@@ -63,6 +67,14 @@ def _resolve(pattern: str, where: str, names: list[str]) -> str:
     return new
 
 
+def quantizer_names(group: QuantizerGroup, names: list[str]) -> list[str]:
+    """The names a quantizer answers to in ``bitwidth_per_scope``: its node names, and NNCF's quantizer ids
+    (``<node>|WEIGHT`` for weights; activation ids ``<node>|INPUT<port>`` are among ``names`` already)."""
+    if group is QuantizerGroup.WEIGHTS:
+        return [*names, *(f"{n}|WEIGHT" for n in names)]
+    return list(names)
+
+
 def group_spec(
     settings: QuantizationSettings, group: QuantizerGroup, names: list[str], scale_shape: tuple[int, ...] | None
 ) -> QuantizerSpec:
@@ -74,6 +86,10 @@ def group_spec(
     g = settings.group_settings(group)
     o = settings.override_for(group, names)
     bits = o.get("bits", g.bits)
+    ids = quantizer_names(group, names)
+    for manual_bits, scope in settings.bitwidth_per_scope:  # NNCF's manual mixed precision; later entries win
+        if any(matches_any(n, [scope]) for n in ids):
+            bits = manual_bits
     per_channel = o.get("per_channel", g.per_channel)
     signed = o.get("signed", g.signed)
     mode = o.get("mode", g.mode)

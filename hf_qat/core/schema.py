@@ -65,7 +65,22 @@ _INITIALIZER = {
             "additionalProperties": False,
         },
         # Known to NNCF, rejected by hf_qat with an explanation (see UNSUPPORTED_KEYS).
-        "precision": {"type": "object"},
+        "precision": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["manual", "hawq", "autoq"]},
+                "bitwidth_per_scope": {
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "prefixItems": [{"type": "integer", "minimum": 2, "maximum": 8}, {"type": "string"}],
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                },
+            },
+            "required": ["type"],
+        },
     },
     "additionalProperties": False,
 }
@@ -206,9 +221,10 @@ KNOWLEDGE_DISTILLATION_SCHEMA: dict[str, Any] = {
 #: NNCF keys hf_qat knows but does not implement, keyed by JSON path, with the reason shown to the user.
 #: A value of ``None`` for the path means "any value"; otherwise only the listed value is rejected.
 UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
-    "initializer.precision": (
-        None,
-        "mixed-precision search (HAWQ/AutoQ) is not implemented; set 'bits' per group or in scope_overrides.",
+    "initializer.precision.type": (
+        ("hawq", "autoq"),
+        "mixed-precision search (HAWQ/AutoQ) is not implemented; use type 'manual' with bitwidth_per_scope, or "
+        "'bits' per group or in scope_overrides.",
     ),
     "quantize_outputs": (True, "quantizing model outputs is not implemented; remove the key or set it to false."),
     "weights.logarithm_scale": (True, "log-domain scales are not implemented; remove the key or set it to false."),

@@ -209,7 +209,7 @@ def test_every_documented_key_is_accepted():
         ),
         (
             {"compression": {"algorithm": "quantization", "initializer": {"precision": {"type": "hawq"}}}},
-            "$.compression.initializer.precision",
+            "$.compression.initializer.precision.type",
             "mixed-precision",
         ),
         ({"compression": {"algorithm": "quantization", "params": {"base_lr": 0.1}}}, "$.compression.params.base_lr", "optimizer"),

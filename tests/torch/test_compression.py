@@ -344,3 +344,32 @@ def test_scopes_and_setup_do_not_depend_on_padding_in_the_calibration_batches():
     with pytest.raises(ScopeError, match="__mul___7"):  # a scope naming nothing at all is still an error
         create_compressed_model(tiny_bert(), register_default_init_args(NNCFConfig.from_dict(quant_config(
             ignored_scopes=[r"{re}.*BertSelfAttention\[self\]/__mul___7"])), text_batches()))  # fmt: skip
+
+
+def test_manual_mixed_precision_bitwidth_per_scope(tmp_path):
+    """NNCF's initializer.precision {"type": "manual", "bitwidth_per_scope": [[bits, scope], ...]} sets per-quantizer
+    bits (scopes: node names or NNCF quantizer ids), is recorded in the compression state, and exports."""
+    query = "BertForSequenceClassification/BertModel[bert]/BertEncoder[encoder]/ModuleList[layer]/BertLayer[0]/BertAttention[attention]/BertSelfAttention[self]/NNCFLinear[query]/linear_0"
+    precision = {"type": "manual", "bitwidth_per_scope": [[4, query + "|WEIGHT"], [6, r"{re}.*matmul_1\|INPUT0"]]}
+    algo = quant_config()["compression"]
+    algo["initializer"]["precision"] = precision
+    batches = text_batches()
+    config = register_default_init_args(NNCFConfig.from_dict({"compression": algo}), batches)
+    ctrl, model = create_compressed_model(tiny_bert(), config)
+    bits = {qid: q.spec.num_bits for qid, q in ctrl.quantizers.items()}
+    assert bits[query] == 4
+    probs = [qid for qid in bits if qid.endswith("matmul_1|INPUT0")]
+    assert probs and all(bits[q] == 6 for q in probs)
+    assert sorted(set(bits.values())) == [4, 6, 8]
+    state = ctrl.get_compression_state()
+    restored, _ = create_compressed_model(tiny_bert(), NNCFConfig.from_dict(quant_config()), compression_state=state)
+    assert {qid: q.spec.num_bits for qid, q in restored.quantizers.items()} == bits
+    result = ctrl.export_model(str(tmp_path / "m.onnx"), model_args=inputs_of(batches[0]))
+    assert all(r.ok for r in result.verification)
+    # HAWQ/AutoQ are refused by name; a scope that matches nothing is a ScopeError
+    algo["initializer"]["precision"] = {"type": "hawq", "bits": [4, 8]}
+    with pytest.raises(ConfigError, match="HAWQ/AutoQ"):
+        NNCFConfig.from_dict({"compression": algo})
+    algo["initializer"]["precision"] = {"type": "manual", "bitwidth_per_scope": [[4, "Bert/nothing_0|WEIGHT"]]}
+    with pytest.raises(ScopeError, match="nothing_0"):
+        create_compressed_model(tiny_bert(), register_default_init_args(NNCFConfig.from_dict({"compression": algo}), batches))
