@@ -81,7 +81,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "pt: continue QAT from a checkpoint NNCF saved, a .pth holding state_dict and compression_state "
-            "(NNCF 2.x) or nncf_config (NNCF 3.x, nncf.torch.get_config); --model_name gives its architecture. "
+            "(NNCF 2.x) or compression_config (NNCF 3.x, nncf.torch.get_config); --model_name gives its architecture. "
             "No FP32 fine-tuning and no calibration: the checkpoint's weights and ranges are used."
         },
     )

@@ -1,8 +1,8 @@
 """``restore_nncf_checkpoint``: one call that turns a checkpoint file NNCF made (2.x or 3.x) into an hf_qat model.
 
 - NNCF 2.x: ``torch.save({"state_dict": model.state_dict(), "compression_state": ctrl.get_compression_state()})``;
-- NNCF 3.x: ``torch.save({"state_dict": model.state_dict(), "nncf_config": nncf.torch.get_config(model)})``
-  (the layout of NNCF 3's quantization-aware training example).
+- NNCF 3.x: ``torch.save({"state_dict": model.state_dict(), "compression_config": nncf.torch.get_config(model)})``
+  (the layout of NNCF 3's quantization-aware training example; ``"nncf_config"`` is read too).
 
 The file is read with ``torch.load(weights_only=True)`` (see [`load_checkpoint`]); nothing in it runs.
 """
@@ -37,7 +37,7 @@ def restore_nncf_checkpoint(
     Args:
         model: the float model.
         checkpoint: a ``.pth`` path or the loaded dict, holding ``state_dict`` and either ``compression_state``
-            (NNCF 2.x) or ``nncf_config`` (NNCF 3.x, ``nncf.torch.get_config``).
+            (NNCF 2.x) or ``compression_config`` (NNCF 3.x, ``nncf.torch.get_config``).
         nncf_config: the NNCF config to keep on the controller (default: ``input_info`` from ``example_input``,
             8-bit quantization).
         example_input: the inputs of one forward, to check (NNCF 2.x) or name (NNCF 3.x) the operations the
@@ -52,7 +52,7 @@ def restore_nncf_checkpoint(
     if not isinstance(state_dict, Mapping):
         raise CompressionStateError(
             f"The checkpoint has no 'state_dict' (keys: {sorted(map(str, ckpt))[:8]}); expected an NNCF checkpoint "
-            "{'state_dict', 'compression_state'} (NNCF 2.x) or {'state_dict', 'nncf_config'} (NNCF 3.x)."
+            "{'state_dict', 'compression_state'} (NNCF 2.x) or {'state_dict', 'compression_config'} (NNCF 3.x)."
         )
     if "compression_state" in ckpt:
         if nncf_config is None:
@@ -70,8 +70,10 @@ def restore_nncf_checkpoint(
             remove_compression(ctrl)
             raise
         return ctrl, model
-    if "nncf_config" in ckpt:
-        return load_nncf3(model, ckpt["nncf_config"], state_dict, example_input=example_input, nncf_config=nncf_config)
+    for key in ("compression_config", "nncf_config"):
+        if key in ckpt:
+            return load_nncf3(model, ckpt[key], state_dict, example_input=example_input, nncf_config=nncf_config)
     raise CompressionStateError(
-        f"The checkpoint holds neither 'compression_state' (NNCF 2.x) nor 'nncf_config' (NNCF 3.x); keys: {sorted(map(str, ckpt))[:8]}."
+        f"The checkpoint holds neither 'compression_state' (NNCF 2.x) nor 'compression_config' (NNCF 3.x); keys: "
+        f"{sorted(map(str, ckpt))[:8]}."
     )

@@ -325,9 +325,9 @@ def test_continue_qat_from_an_nncf_checkpoint(tmp_path, source):
         ckpt = fixtures / "nncf2_bert.pth"
         expected = 45
     else:
-        ckpt = tmp_path / "nncf3.pth"  # the layout of NNCF 3's QAT example: {"state_dict", "nncf_config"}
+        ckpt = tmp_path / "nncf3.pth"  # the layout of NNCF 3's QAT example: {"state_dict", "compression_config"}
         config = json.loads((fixtures / "nncf3_bert_config.json").read_text())
-        torch.save({"state_dict": load_file(fixtures / "nncf3_bert_state.safetensors"), "nncf_config": config}, ckpt)
+        torch.save({"state_dict": load_file(fixtures / "nncf3_bert_state.safetensors"), "compression_config": config}, ckpt)
         expected = len(config["compression_state"])
     rows = sentences(48)
     train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
