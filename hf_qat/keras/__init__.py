@@ -31,7 +31,7 @@ if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the
     )
 
 from ..utils.lazy import attach
-from .checkpoint import CompressionState, load_compression_state
+from .checkpoint import CompressionState, TFCompressionState, TFCompressionStateLoader, load_compression_state
 from .controller import CompressionCallback, CompressionStage, KerasQuantizationController
 from .export import KerasExportResult, export_keras
 from .init import KerasRangeInitArgs, register_default_init_args
@@ -50,6 +50,8 @@ __all__ = [
     "CompressionCallback",
     "CompressionStage",
     "CompressionState",
+    "TFCompressionState",
+    "TFCompressionStateLoader",
     "KerasExportResult",
     "KerasQATArguments",
     "KerasQATTrainer",

@@ -25,7 +25,7 @@ from ..core.state import parse_compression_state
 from ..errors import CompressionStateError, JSONFileError
 from ..utils.jsonfile import loads_json
 
-__all__ = ["CompressionState", "load_compression_state"]
+__all__ = ["CompressionState", "TFCompressionState", "TFCompressionStateLoader", "load_compression_state"]
 
 _KEY = "compression_state"
 
@@ -56,6 +56,32 @@ class CompressionState(tf.train.experimental.PythonState):
         parse_compression_state(self.state)
         if self._ctrl is not None:
             self._ctrl.load_state(self.state)
+
+
+class TFCompressionState(CompressionState):
+    """NNCF-TF's name: the compression state of ``ctrl`` saved with the model's variables.
+
+    ``tf.train.Checkpoint(model=model, compression_state=TFCompressionState(ctrl))``.
+    """
+
+    def __init__(self, ctrl: Any):
+        if ctrl is None:
+            raise CompressionStateError(
+                "TFCompressionState(ctrl) needs the controller; use TFCompressionStateLoader() to read a state."
+            )
+        super().__init__(ctrl)
+
+
+class TFCompressionStateLoader(CompressionState):
+    """NNCF-TF's name: reads the compression state out of a checkpoint before the model is compressed::
+
+    checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
+    checkpoint.restore(path).expect_partial()
+    ctrl, model = create_compressed_model(model, config, checkpoint.compression_state.state)
+    """
+
+    def __init__(self):
+        super().__init__(None)
 
 
 def load_compression_state(checkpoint_path: str) -> dict[str, Any]:

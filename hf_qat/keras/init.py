@@ -35,7 +35,13 @@ logger = logging.getLogger(__name__)
 
 
 class KerasRangeInitArgs:
-    """Calibration data registered in the config (NNCF's ``QuantizationRangeInitArgs`` for TF)."""
+    """Calibration data registered in the config (NNCF-TF's ``QuantizationRangeInitArgs``).
+
+    As in NNCF-TF, ``dataset`` is normally batched already (NNCF's samples pass their batched training set)
+    and ``batch_size`` only says how many samples a batch holds. An unbatched ``tf.data.Dataset`` (single
+    samples) is batched with ``batch_size``; which of the two a dataset is gets decided against the model's
+    input rank when the data is used (:meth:`batches`), never guessed.
+    """
 
     def __init__(self, dataset: Iterable, batch_size: int | None = None):
         self.dataset = dataset
@@ -45,15 +51,59 @@ class KerasRangeInitArgs:
     def get_id(cls) -> str:
         return "quantization_range_init_args"
 
+    def batches(self, model: Any) -> Iterable:
+        """The calibration data as batches for ``model``.
+
+        Raises:
+            [`CalibrationError`]: the dataset yields single samples and no ``batch_size`` was given, or it
+                cannot be told whether it is batched (the model's input rank is unknown) while ``batch_size``
+                was given.
+        """
+        dataset = self.dataset
+        if not isinstance(dataset, tf.data.Dataset):
+            return dataset  # Python iterables yield batches
+        data_rank = _feature_rank(dataset.element_spec)
+        model_rank = _model_input_rank(model)
+        if data_rank is not None and model_rank is not None and data_rank == model_rank - 1:
+            if self.batch_size is None:
+                raise CalibrationError(
+                    f"The calibration dataset yields single samples (rank {data_rank}) but the model takes batches "
+                    f"(rank {model_rank}): pass batch_size to register_default_init_args, or batch the dataset."
+                )
+            return dataset.batch(self.batch_size)
+        if data_rank is not None and model_rank is not None and data_rank == model_rank:
+            return dataset  # batched (batch_size, if given, counts samples as in NNCF-TF)
+        if self.batch_size is not None:
+            raise CalibrationError(
+                f"Cannot tell whether the calibration dataset is batched (its features have rank {data_rank}, the "
+                f"model's inputs rank {model_rank}): pass a batched dataset without batch_size, or build the model first."
+            )
+        return dataset
+
+
+def _feature_rank(element_spec: Any) -> int | None:
+    features = split_features(element_spec)
+    specs = [s for s in tf.nest.flatten(features) if hasattr(s, "shape")]
+    ranks = {s.shape.rank for s in specs}
+    return None if not ranks or None in ranks else min(ranks)
+
+
+def _model_input_rank(model: Any) -> int | None:
+    inputs = getattr(model, "inputs", None)
+    try:
+        ranks = {len(t.shape) for t in tf.nest.flatten(inputs)} if inputs else set()
+    except (TypeError, ValueError):
+        return None
+    return min(ranks) if ranks else None
+
 
 def register_default_init_args(nncf_config: Any, dataset: Iterable, batch_size: int | None = None) -> Any:
     """Register ``dataset`` as calibration data for range initialisation (NNCF-TF's signature).
 
-    ``batch_size`` batches an unbatched ``tf.data.Dataset`` (NNCF-TF batched it the same way).
+    ``dataset`` yields batches, as NNCF-TF expects (``batch_size`` then only counts samples), or single
+    samples of a ``tf.data.Dataset``, batched with ``batch_size``; see [`KerasRangeInitArgs`].
     Returns the same config object.
     """
-    if isinstance(dataset, tf.data.Dataset) and batch_size is not None:
-        dataset = dataset.batch(batch_size)
     nncf_config.register_extra_structs([KerasRangeInitArgs(dataset, batch_size)])
     return nncf_config
 
@@ -181,7 +231,7 @@ def run_range_init(
         )
     try:
         checked = False
-        for element in iterate_samples(args.dataset, settings.num_init_samples, "hf_qat range init"):
+        for element in iterate_samples(args.batches(model), settings.num_init_samples, "hf_qat range init"):
             if not checked:
                 check_element(model, element)
                 checked = True

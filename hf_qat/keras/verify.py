@@ -34,7 +34,7 @@ def example_batches(ctrl: Any, max_batches: int = 2) -> list[Any]:
     config = ctrl.config
     if config.has_extra_struct(KerasRangeInitArgs):
         out = []
-        for element in config.get_extra_struct(KerasRangeInitArgs).dataset:
+        for element in config.get_extra_struct(KerasRangeInitArgs).batches(ctrl.model):
             out.append(split_features(element))
             if len(out) >= max_batches:
                 break
