@@ -92,11 +92,13 @@ TEXT_INFO = [{"sample_size": [1, 32], "type": "long", "keyword": "input_ids"},
 AUDIO_INFO = [{"sample_size": [1, 800], "type": "float", "keyword": "input_values"}]
 
 #: file -> (model builder, calibration batches, input_info for compression entries, expected outcome)
-#: where the outcome is "runs" or the text the refusal must contain.
+#: where the outcome is "runs", "QATTrainer" (runs in QATTrainer, which the config's knowledge_distillation
+#: entry needs) or the text the refusal must contain.
 CASES = {
     "nncf_bert_config_conll.json": (lambda: _bert("BertForTokenClassification"), _text, None, "runs"),
     "nncf_bert_config_mrpc.json": (lambda: _bert("BertForSequenceClassification"), _text, None, "runs"),
     "nncf_bert_config_squad.json": (lambda: _bert("BertForQuestionAnswering", 2), _text, None, "runs"),
+    "nncf_bert_config_squad_kd.json": (lambda: _bert("BertForQuestionAnswering", 2), _text, None, "QATTrainer"),
     "nncf_bert_config_squad_magnitude_sparsity_cubic.json": (
         lambda: _bert("BertForQuestionAnswering", 2),
         _text,
@@ -141,6 +143,9 @@ def _loss(out) -> torch.Tensor:
 def test_published_config(name, tmp_path):
     build, batches, input_info, expected = CASES[name]
     config = _config(name, input_info)
+    if expected == "QATTrainer":
+        _run_in_trainer(build, batches, config, tmp_path)
+        return
     if expected != "runs":
         with pytest.raises(ConfigError, match=expected):
             NNCFConfig.from_dict(config)
@@ -159,6 +164,27 @@ def test_published_config(name, tmp_path):
     model.eval()
     result = ctrl.export_model(str(tmp_path / "model.onnx"))
     assert result.num_weight_quantizers > 0 and all(r.ok for r in result.verification), result
+
+
+def _run_in_trainer(build, batches, config, tmp_path):
+    from datasets import Dataset
+
+    from hf_qat.transformers import QATTrainer, QATTrainingArguments
+
+    with pytest.raises(ConfigError, match="QATTrainer reads the knowledge_distillation entry"):
+        hf_qat.create_compressed_model(build(), config)
+    rows = [{k: v[i].tolist() for k, v in b.items()} for b in batches() for i in range(len(b["input_ids"]))]
+    for r in rows:
+        r["start_positions"], r["end_positions"] = 1, 3
+    args = QATTrainingArguments(output_dir=str(tmp_path), nncf_config=config, max_steps=2, per_device_train_batch_size=2,
+                                report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, export_onnx=True)  # fmt: skip
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = QATTrainer(model=build(), args=args, train_dataset=Dataset.from_list(rows))
+        trainer.train()
+    assert trainer.distillation is not None and trainer.distillation.temperature == 3
+    assert trainer.onnx_result is not None and all(r.ok for r in trainer.onnx_result.verification)
 
 
 def test_renamed_operations_are_translated_with_a_warning():

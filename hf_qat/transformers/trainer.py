@@ -114,6 +114,10 @@ def _resolve_config(value: Any, num_calibration_samples: int | None) -> NNCFConf
     return config
 
 
+#: Model outputs distillation compares (question answering has two: start and end).
+_LOGIT_NAMES = ("logits", "start_logits", "end_logits")
+
+
 class QATTrainer(Trainer):
     """A ``transformers.Trainer`` that trains a quantized model.
 
@@ -286,26 +290,40 @@ class QATTrainer(Trainer):
         if self.teacher is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        label_keys = ("labels", "start_positions", "end_positions")
         with torch.no_grad():
-            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            teacher_logits = self.teacher(**teacher_inputs).logits
-        student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        t = self.args.distillation_temperature
-        student = student_logits.reshape(-1, student_logits.shape[-1])
-        teacher = teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(student_logits.dtype)
+            teacher_out = self.teacher(**{k: v for k, v in inputs.items() if k not in label_keys})
         labels = inputs.get("labels")
-        if student_logits.dim() == 3 and isinstance(labels, torch.Tensor) and labels.shape == student_logits.shape[:2]:
-            keep = labels.reshape(-1) != -100  # token-level tasks: only positions that have a label
-            student, teacher = student[keep], teacher[keep]
         nncf = self.distillation
-        if nncf is not None:
-            t = nncf.temperature
-        if nncf is not None and nncf.kind == "mse":
-            kd = F.mse_loss(student, teacher)
-        else:
-            kd = F.kl_div(
-                F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="batchmean"
-            ) * (t * t)
+        t = nncf.temperature if nncf is not None else self.args.distillation_temperature
+        parts = []
+        for name in _LOGIT_NAMES:  # classification / LM / token logits; question answering: start and end
+            student_logits = outputs.get(name) if isinstance(outputs, dict) else getattr(outputs, name, None)
+            if student_logits is None:
+                continue
+            teacher_logits = teacher_out[name]
+            student = student_logits.reshape(-1, student_logits.shape[-1])
+            teacher = teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(student_logits.dtype)
+            if student_logits.dim() == 3 and isinstance(labels, torch.Tensor) and labels.shape == student_logits.shape[:2]:
+                keep = labels.reshape(-1) != -100  # token-level tasks: only positions that have a label
+                student, teacher = student[keep], teacher[keep]
+            if nncf is not None and nncf.kind == "mse":
+                parts.append(F.mse_loss(student, teacher))
+            else:
+                parts.append(
+                    F.kl_div(
+                        F.log_softmax(student / t, dim=-1),
+                        F.log_softmax(teacher / t, dim=-1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
+                    * (t * t)
+                )
+        if not parts:
+            raise ValueError(
+                f"Distillation needs logits in the model's output ({', '.join(_LOGIT_NAMES)}); {type(outputs).__name__} has none."
+            )
+        kd = sum(parts) / len(parts)
         scaled = (
             self.loss_is_scaled_for_ga
             if self.loss_is_scaled_for_ga is not None
