@@ -82,14 +82,15 @@ class ScopeError(HfQatError, ValueError):
         nearest (`list[str]`): the graph node names closest to it.
     """
 
-    def __init__(self, scope: str, where: str, nearest: Sequence[str]):
+    def __init__(self, scope: str, where: str, nearest: Sequence[str], detail: str = ""):
         self.scope = scope
         self.where = where
         self.nearest = list(nearest)
         hint = "\n  ".join(self.nearest) if self.nearest else "(the model has no traced operations)"
         super().__init__(
             f"{where} entry {scope!r} matches no operation of the model. Nearest operation names:\n  {hint}\n"
-            "Fix the pattern (prefix it with '{re}' for a regular expression) or set "
+            + (f"{detail}\n" if detail else "")
+            + "Fix the pattern (prefix it with '{re}' for a regular expression) or set "
             '"validate_scopes": false to allow patterns that match nothing.'
         )
 

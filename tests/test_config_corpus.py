@@ -209,3 +209,23 @@ def test_a_scope_with_no_exact_translation_stays_an_error():
     config["compression"]["ignored_scopes"].append("{re}.*Attention\\[attn\\]/__truediv___1")
     with pytest.raises(hf_qat.ScopeError, match="__truediv___1"):
         hf_qat.create_compressed_model(_gpt2(), NNCFConfig.from_dict(config))
+
+
+def test_scope_error_lists_the_module_operations_and_the_attention_note():
+    ignored = ("BertForSequenceClassification/BertModel[bert]/BertEncoder[encoder]/ModuleList[layer]/BertLayer[0]/"
+               "BertAttention[attention]/BertSelfAttention[self]/scaled_dot_product_attention_1")  # fmt: skip
+    config = {"input_info": TEXT_INFO, "compression": {"algorithm": "quantization", "ignored_scopes": [ignored]}}
+    with pytest.raises(hf_qat.ScopeError) as info:
+        hf_qat.create_compressed_model(_bert("BertForSequenceClassification"), NNCFConfig.from_dict(config))
+    message = str(info.value)
+    assert "Operations of BertForSequenceClassification/" in message and "matmul_0, matmul_1" in message
+    assert "hf_qat computes attention eagerly" in message
+
+
+@pytest.mark.parametrize("build", [lambda: _bert("BertForSequenceClassification"), _distilbert, _roberta])
+def test_attention_scaling_rename_in_the_bert_family(build):
+    """transformers 4 divided BERT-family attention scores (__truediv___0); transformers 5 multiplies (__mul___0)."""
+    config = {"input_info": TEXT_INFO, "compression": {"algorithm": "quantization",
+              "ignored_scopes": ["{re}.*SelfAttention\\[[a-z_]+\\]/__truediv___0"]}}  # fmt: skip
+    with pytest.warns(UserWarning, match=r"__truediv___0.*using .*\(\?:__mul___0\)"):
+        hf_qat.create_compressed_model(build(), NNCFConfig.from_dict(config))

@@ -7,11 +7,12 @@ NNCF config means the same thing on both.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 from ..errors import ScopeError
 from .algo_config import QuantizationSettings
-from .renames import translate_scope
+from .renames import OP_RENAMES, translate_scope
 from .scopes import matches_any, nearest_names
 from .spec import QuantizerGroup, QuantizerSpec
 
@@ -57,7 +58,7 @@ def _resolve(pattern: str, where: str, names: list[str]) -> str:
         return pattern
     translated = translate_scope(pattern, names)
     if translated is None:
-        raise ScopeError(pattern, where, nearest_names(pattern, names))
+        raise ScopeError(pattern, where, nearest_names(pattern, names), scope_hint(pattern, names))
     new, rename = translated
     warnings.warn(
         f"NNCF config {where}: {pattern!r} matches no operation of the model; using {new!r} ({rename.reason}).",
@@ -65,6 +66,37 @@ def _resolve(pattern: str, where: str, names: list[str]) -> str:
         stacklevel=4,
     )
     return new
+
+
+def scope_hint(pattern: str, names: list[str]) -> str:
+    """What a scope that matches nothing may have meant: the operations of the module it names, and whether it
+    names an operation transformers renamed or the fused attention hf_qat computes eagerly."""
+    body = pattern[4:] if pattern.startswith("{re}") else pattern
+    lines = []
+    module, _, op = body.rpartition("/")
+    if module:
+        by_module: dict[str, list[str]] = {}
+        for n in names:
+            scope, _, node_op = n.rpartition("/")
+            by_module.setdefault(scope, []).append(node_op)
+        try:
+            if pattern.startswith("{re}"):
+                found = [m for m in by_module if re.fullmatch(module, m)] or [m for m in by_module if re.search(module, m)]
+            else:
+                found = [m for m in by_module if m == module]
+        except re.error:
+            found = []
+        if len(found) == 1 or (found and not pattern.startswith("{re}")):
+            ops = sorted(set(by_module[found[0]]))
+            lines.append(f"Operations of {found[0]}: {', '.join(ops[:20])}{' ...' if len(ops) > 20 else ''}.")
+        elif found:
+            lines.append(
+                f"{len(found)} modules match {module!r}, e.g. {found[0]}: {', '.join(sorted(set(by_module[found[0]]))[:20])}."
+            )
+    for rename in OP_RENAMES:
+        if re.search(rename.old, op or body):
+            lines.append(f"Note: {rename.reason}; the translation does not apply exactly to this pattern.")
+    return "\n".join(lines)
 
 
 def quantizer_names(group: QuantizerGroup, names: list[str]) -> list[str]:

@@ -3,8 +3,9 @@
 NNCF configs name operations by their traced node names (``.../GPT2Attention[attn]/__truediv___0``). Two things
 change those names for a config that was right when it was written:
 
-- transformers rewrote some computations: GPT-2's attention scores were divided by ``sqrt(head_dim)``
-  (``__truediv___0``) and are now multiplied by its inverse (``__mul___0``);
+- transformers rewrote some computations: attention scores of GPT-2, BERT, RoBERTa, DistilBERT and MobileBERT
+  were divided by ``sqrt(head_dim)`` (``__truediv___0``) and are now multiplied by its inverse (``__mul___0``,
+  checked to be the only ``__mul__`` of those attention modules in transformers 5);
 - hf_qat runs attention eagerly, so ``scaled_dot_product_attention_<k>`` (what NNCF traced under
   transformers' SDPA attention; optimum-intel's OVTrainer default config names it) is computed by two
   products, ``matmul_<2k>`` (``Q K^T``) and ``matmul_<2k+1>`` (``P V``), whose inputs are exactly the inputs
@@ -48,10 +49,12 @@ def _sdpa(m: re.Match) -> list[str]:
 #: The known renames (see the module docstring).
 OP_RENAMES: tuple[OpRename, ...] = (
     OpRename(
-        r"GPT2Attention",
+        r"GPT2Attention|BertSelfAttention|RobertaSelfAttention|DistilBertSelfAttention|MobileBertSelfAttention",
         r"__truediv___0",
         lambda m: ["__mul___0"],
-        "transformers 5 scales GPT-2's attention scores by multiplying with 1/sqrt(head_dim) instead of dividing",
+        "transformers 5 scales attention scores by multiplying with 1/sqrt(head_dim) (its eager_attention_forward) "
+        "instead of dividing; in GPT-2, BERT, RoBERTa, DistilBERT and MobileBERT attention that is the module's only "
+        "__mul__",
     ),
     OpRename(
         r"\w+",
