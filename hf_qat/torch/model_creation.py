@@ -78,11 +78,13 @@ def _restore_attention(model: nn.Module, previous_attn: str) -> None:
         model.config._attn_implementation = previous_attn
 
 
-def remove_compression(ctrl: QuantizationController) -> nn.Module:
+def remove_compression(ctrl: QuantizationController, attn_implementation: str | None = None) -> nn.Module:
     """Undo ``create_compressed_model`` on ``ctrl``'s model in place (quantizers and hooks removed, weights kept
-    as they are): for a restore that failed after compression."""
+    as they are, the attention implementation set back to ``attn_implementation`` when given): for a restore
+    that failed after compression."""
     ctrl._hooks.remove()
-    _undo(ctrl.model, None)
+    current = getattr(getattr(ctrl.model, "config", None), "_attn_implementation", None)
+    _undo(ctrl.model, attn_implementation if attn_implementation not in (None, current) else None)
     return ctrl.model
 
 

@@ -308,18 +308,19 @@ def load_nncf3(
         info = input_info_of(example_input)
         if info is not None:
             nncf_config["input_info"] = info
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     ctrl, model = create_compressed_model(
         model, dict(nncf_config), compression_state=state, dummy_forward_fn=example_forward(model, example_input)
     )
     container = getattr(model, CONTAINER_NAME)
     container.nncf3_hook_prefixes = dict(prefixes)
-    model.register_load_state_dict_pre_hook(_Nncf3KeysHook(container.nncf3_hook_prefixes))
     if state_dict is not None:
         try:
             load_state(model, dict(state_dict), is_resume=True)  # NNCF 3 keys mapped by the prefixes set above
         except CompressionStateError:
-            remove_compression(ctrl)  # nothing half-applied
+            remove_compression(ctrl, attention)  # nothing half-applied
             raise
+    model.register_load_state_dict_pre_hook(_Nncf3KeysHook(container.nncf3_hook_prefixes))
     return ctrl, model
 
 

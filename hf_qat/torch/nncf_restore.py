@@ -61,13 +61,14 @@ def restore_nncf_checkpoint(
             if info is not None:
                 nncf_config["input_info"] = info
         forward = example_forward(model, example_input) if example_input is not None or "input_info" not in nncf_config else None
+        attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
         ctrl, model = create_compressed_model(
             model, dict(nncf_config), compression_state=ckpt["compression_state"], dummy_forward_fn=forward
         )
         try:
             load_state(model, state_dict, is_resume=True)
         except CompressionStateError:
-            remove_compression(ctrl)
+            remove_compression(ctrl, attention)
             raise
         return ctrl, model
     for key in ("compression_config", "nncf_config"):
