@@ -87,13 +87,32 @@ def _audio():
     return [{"input_values": torch.randn(2, 800, generator=g)} for _ in range(2)]
 
 
+def _cnn():
+    """A small CNN standing in for NNCF's torchvision sample models (torchvision does not import beside the CPU torch
+    build used here): the configs' algorithm settings run; their architectures are untested."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.BatchNorm2d(16),
+        nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+
+
+def _images(config):
+    info = config["input_info"]
+    size = (info[0] if isinstance(info, list) else info)["sample_size"]
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, *size[1:], generator=g) for _ in range(2)]
+
+
 TEXT_INFO = [{"sample_size": [1, 32], "type": "long", "keyword": "input_ids"},
              {"sample_size": [1, 32], "type": "long", "keyword": "attention_mask"}]  # fmt: skip
 AUDIO_INFO = [{"sample_size": [1, 800], "type": "float", "keyword": "input_values"}]
 
 #: file -> (model builder, calibration batches, input_info for compression entries, expected outcome)
 #: where the outcome is "runs", "QATTrainer" (runs in QATTrainer, which the config's knowledge_distillation
-#: entry needs) or the text the refusal must contain.
+#: entry needs), "validates" (accepted; the architecture it names cannot be built here) or the text the refusal
+#: must contain.
 CASES = {
     "nncf_bert_config_conll.json": (lambda: _bert("BertForTokenClassification"), _text, None, "runs"),
     "nncf_bert_config_mrpc.json": (lambda: _bert("BertForSequenceClassification"), _text, None, "runs"),
@@ -110,6 +129,23 @@ CASES = {
     "nncf_gpt2_config_wikitext_hw_config.json": (_gpt2, lambda: _text(mask=False), None, "runs"),
     "nncf_mobilebert_config_squad_int8.json": (_mobilebert, _text, None, "runs"),
     "nncf_roberta_config_mnli.json": (_roberta, _text, None, "runs"),
+    **{
+        f"nncf_torchvision_{name}.json": (_cnn, _images, None, "runs")
+        for name in [
+            "mobilenet_v2_cifar100_asym_int8",
+            "mobilenet_v2_imagenet_int8",
+            "mobilenet_v2_imagenet_int8_per_tensor",
+            "mobilenet_v3_small_imagenet_int8",
+            "resnet18_imagenet_int8_accuracy_aware",
+            "resnet50_imagenet_int8",
+            "resnet50_imagenet_int8_per_tensor",
+            "squeezenet1_1_imagenet_int8",
+            "squeezenet1_1_imagenet_int8_per_tensor",
+        ]
+    },  # fmt: skip
+    # their scopes name operations of torchvision's Inception3 and NNCF's RMNet: validated only
+    "nncf_torchvision_inception_v3_imagenet_int8.json": (None, None, None, "validates"),
+    "nncf_torchvision_rmnet_cifar_int8.json": (None, None, None, "validates"),
     "optimum_intel_ovtrainer_default.json": (lambda: _bert("BertForSequenceClassification"), _text, TEXT_INFO, "runs"),
     "optimum_intel_audio-classification_wav2vec2-base-qat.json": (_wav2vec2, _audio, AUDIO_INFO, "runs"),
     "optimum_intel_audio-classification_wav2vec2-base-jpqd.json": (_wav2vec2, _audio, AUDIO_INFO, "'movement_sparsity'"),
@@ -132,6 +168,8 @@ def _config(name: str, input_info) -> dict:
 
 
 def _loss(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.float().pow(2).mean()
     for attr in ("logits", "start_logits"):
         if getattr(out, attr, None) is not None:
             return getattr(out, attr).float().pow(2).mean()
@@ -143,6 +181,11 @@ def _loss(out) -> torch.Tensor:
 def test_published_config(name, tmp_path):
     build, batches, input_info, expected = CASES[name]
     config = _config(name, input_info)
+    if expected == "validates":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            NNCFConfig.from_dict(config)
+        return
     if expected == "QATTrainer":
         _run_in_trainer(build, batches, config, tmp_path)
         return
@@ -152,14 +195,14 @@ def test_published_config(name, tmp_path):
         return
     torch.manual_seed(0)
     model = build()
-    data = batches()
+    data = batches(config) if batches is _images else batches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # translations and sample keys are announced with warnings, tested elsewhere
         config = hf_qat.register_default_init_args(NNCFConfig.from_dict(config), data)
         ctrl, model = hf_qat.create_compressed_model(model, config)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    _loss(model(**data[0])).backward()
+    _loss(model(data[0]) if isinstance(data[0], torch.Tensor) else model(**data[0])).backward()
     optimizer.step()
     model.eval()
     result = ctrl.export_model(str(tmp_path / "model.onnx"))
