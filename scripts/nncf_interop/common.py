@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -110,3 +111,23 @@ def logits_of(model: torch.nn.Module, arch: str) -> torch.Tensor:
 
 def fixture(name: str) -> str:
     return os.path.join(FIXTURES, name)
+
+
+def run_referee(argv: list[str], make: Callable[[str, str], None], read: Callable[[str, str], None], hfqat_file: str) -> int:
+    """A referee's command line: ``[FOLDER] [ARCH ...]``. For every architecture, ``make(arch, folder)`` (NNCF's own
+    checkpoint), then ``read(arch, folder)`` when ``hfqat_file.format(arch=arch)`` exists in the folder. Every
+    failure is printed with its traceback; the exit status is 1 if any step failed."""
+    import traceback
+
+    folder = argv[0] if argv else FIXTURES
+    failures = 0
+    for arch in argv[1:] or list(ALL_ARCHS):
+        for step in (make, read):
+            if step is read and not os.path.exists(os.path.join(folder, hfqat_file.format(arch=arch))):
+                continue
+            try:
+                step(arch, folder)
+            except Exception:
+                failures += 1
+                print(f"FAILED {step.__name__}({arch}):\n{traceback.format_exc()}")
+    return 1 if failures else 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 os.environ.setdefault("NNCF_TORCH_LEGACY_TRACING", "1")
 
@@ -23,7 +22,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nncf  # noqa: E402
-from common import ALL_ARCHS, FIXTURES, build, calibration_batches, logits_of, nncf_config  # noqa: E402
+from common import build, calibration_batches, logits_of, nncf_config, run_referee  # noqa: E402
 from nncf import NNCFConfig  # noqa: E402
 from nncf.torch import create_compressed_model, load_state, register_default_init_args  # noqa: E402
 from nncf.torch.initialization import PTInitializingDataLoader  # noqa: E402
@@ -113,20 +112,5 @@ def read_hfqat(arch: str, out: str) -> None:
     )
 
 
-def main(out: str, archs: list[str]) -> int:
-    failures = 0
-    for arch in archs:
-        for step in (nncf_checkpoint, read_hfqat):
-            if step is read_hfqat and not os.path.exists(os.path.join(out, f"hfqat_{arch}.pth")):
-                continue
-            try:
-                step(arch, out)
-            except Exception:
-                failures += 1
-                print(f"FAILED {step.__name__}({arch}):\n{traceback.format_exc()}")
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else FIXTURES
-    sys.exit(main(folder, sys.argv[2:] or list(ALL_ARCHS)))
+    sys.exit(run_referee(sys.argv[1:], nncf_checkpoint, read_hfqat, "hfqat_{arch}.pth"))

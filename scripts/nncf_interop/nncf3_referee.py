@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nncf  # noqa: E402
 import nncf.torch  # noqa: E402
-from common import ALL_ARCHS, FIXTURES, build, calibration_batches, logits_of  # noqa: E402
+from common import build, calibration_batches, logits_of, run_referee  # noqa: E402
 
 
 def nncf_quantize(arch: str, out: str) -> None:
@@ -50,20 +49,5 @@ def read_hfqat(arch: str, out: str) -> None:
     )
 
 
-def main(out: str, archs: list[str]) -> int:
-    failures = 0
-    for arch in archs:
-        for step in (nncf_quantize, read_hfqat):
-            if step is read_hfqat and not os.path.exists(os.path.join(out, f"hfqat_{arch}_nncf3_config.json")):
-                continue
-            try:
-                step(arch, out)
-            except Exception:
-                failures += 1
-                print(f"FAILED {step.__name__}({arch}):\n{traceback.format_exc()}")
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else FIXTURES
-    sys.exit(main(folder, sys.argv[2:] or list(ALL_ARCHS)))
+    sys.exit(run_referee(sys.argv[1:], nncf_quantize, read_hfqat, "hfqat_{arch}_nncf3_config.json"))
