@@ -6,6 +6,7 @@ naming the algorithm hf_qat leaves out of scope. Sources and commits: tests/corp
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hf_qat import ConfigError, NNCFConfig
 from hf_qat.utils.jsonfile import loads_json
 
 CORPUS = Path(__file__).parent / "corpus"
+STRUCTURE = Path(__file__).parent / "fixtures" / "torchvision_structure.json"
 V = 100
 
 
@@ -87,15 +89,14 @@ def _audio():
     return [{"input_values": torch.randn(2, 800, generator=g)} for _ in range(2)]
 
 
-def _cnn():
-    """A small CNN standing in for NNCF's torchvision sample models (torchvision does not import beside the CPU torch
-    build used here): the configs' algorithm settings run; their architectures are untested."""
-    from torch import nn
+def _torchvision(config):
+    """The torchvision architecture the config names (tests/torchvision_models.py, checked against torchvision)."""
+    from torchvision_models import MODELS
 
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.BatchNorm2d(16),
-        nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
-    )  # fmt: skip
+    kwargs = {"num_classes": config.get("num_classes", 1000)}
+    if config["model"] == "inception_v3":  # the pretrained model normalises its input: the config's scopes name that
+        kwargs["transform_input"] = bool(config.get("pretrained"))
+    return MODELS[config["model"]](**kwargs)
 
 
 def _images(config):
@@ -130,8 +131,9 @@ CASES = {
     "nncf_mobilebert_config_squad_int8.json": (_mobilebert, _text, None, "runs"),
     "nncf_roberta_config_mnli.json": (_roberta, _text, None, "runs"),
     **{
-        f"nncf_torchvision_{name}.json": (_cnn, _images, None, "runs")
+        f"nncf_torchvision_{name}.json": (_torchvision, _images, None, "runs")
         for name in [
+            "inception_v3_imagenet_int8",
             "mobilenet_v2_cifar100_asym_int8",
             "mobilenet_v2_imagenet_int8",
             "mobilenet_v2_imagenet_int8_per_tensor",
@@ -143,8 +145,7 @@ CASES = {
             "squeezenet1_1_imagenet_int8_per_tensor",
         ]
     },  # fmt: skip
-    # their scopes name operations of torchvision's Inception3 and NNCF's RMNet: validated only
-    "nncf_torchvision_inception_v3_imagenet_int8.json": (None, None, None, "validates"),
+    # NNCF's own RMNet (not a torchvision or transformers architecture): validated only
     "nncf_torchvision_rmnet_cifar_int8.json": (None, None, None, "validates"),
     "optimum_intel_ovtrainer_default.json": (lambda: _bert("BertForSequenceClassification"), _text, TEXT_INFO, "runs"),
     "optimum_intel_audio-classification_wav2vec2-base-qat.json": (_wav2vec2, _audio, AUDIO_INFO, "runs"),
@@ -194,19 +195,40 @@ def test_published_config(name, tmp_path):
             NNCFConfig.from_dict(config)
         return
     torch.manual_seed(0)
-    model = build()
-    data = batches(config) if batches is _images else batches()
+    if build is _torchvision:
+        from torchvision_models import settle_batch_norm
+
+        model, data = build(config), batches(config)
+        settle_batch_norm(model, [torch.randn(4, *data[0].shape[1:], generator=torch.Generator().manual_seed(1))])
+    else:
+        model, data = build(), batches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # translations and sample keys are announced with warnings, tested elsewhere
         config = hf_qat.register_default_init_args(NNCFConfig.from_dict(config), data)
         ctrl, model = hf_qat.create_compressed_model(model, config)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    _loss(model(data[0]) if isinstance(data[0], torch.Tensor) else model(**data[0])).backward()
+    out = model(data[0]) if isinstance(data[0], torch.Tensor) else model(**data[0])
+    _loss(out[0] if isinstance(out, tuple) else out).backward()  # Inception3 trains with (logits, aux_logits)
     optimizer.step()
     model.eval()
     result = ctrl.export_model(str(tmp_path / "model.onnx"))
     assert result.num_weight_quantizers > 0 and all(r.ok for r in result.verification), result
+
+
+@pytest.mark.parametrize("name", sorted(json.loads(STRUCTURE.read_text())["models"]))
+def test_stand_in_is_the_torchvision_architecture(name):
+    """Module tree, tensor shapes and traced operations equal those recorded from torchvision itself."""
+    from torchvision_models import MODELS
+
+    from hf_qat.torch.tracing import trace_model
+
+    recorded = json.loads(STRUCTURE.read_text())["models"][name]
+    model = MODELS[name](**({"transform_input": True} if name == "inception_v3" else {}))
+    assert [[p, type(m).__name__] for p, m in model.named_modules()] == recorded["modules"]
+    assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == recorded["tensors"]
+    example = torch.zeros(recorded["input_size"])
+    assert trace_model(model, lambda m: m(example)).node_names == recorded["operations"]
 
 
 def _run_in_trainer(build, batches, config, tmp_path):
