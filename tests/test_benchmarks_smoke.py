@@ -61,6 +61,10 @@ def test_suite_smoke(tmp_path):
     rows = {r["key"]: r for r in results["accuracy"]["rows"]}
     assert 0.0 <= rows["hf_qat_qat"]["accuracy"] <= 1.0 and "skipped" in rows["nncf_qat"]
     assert results["training"]["models"][0]["rows"][1]["variant"] == "hf_qat"
+    ir = results["inference"]["openvino_ir"]  # the IR hf_qat saves, measured beside the FP32 model's
+    assert ir["integer_weights"]["hf_qat_qat"] > 0 == ir["integer_weights"]["fp32"]
+    assert ir["sizes_mib"]["hf_qat_qat"] < ir["sizes_mib"]["fp32"] and set(ir["latency_ms"]) == {"default", "f32"}
+    assert "OpenVINO IR as hf_qat saves it" in text and "hf_qat INT8 IR" in text
 
 
 def test_nncf_env_absent_and_stale_lock(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -93,7 +94,10 @@ def run(
     fp32_accuracy = float(model.evaluate(eval_ds, return_dict=True, verbose=0)["accuracy"])
     sizes, latency = {}, {}
     if not model_args.skip_export:
-        sizes["fp32"] = export_float_onnx(model, out / "fp32" / ONNX_NAME)
+        # the FP32 reference only gives the size and latency ratios: not saved, so that ONNX clients find one file
+        fp32_tmp = tempfile.TemporaryDirectory(prefix="hf_qat_fp32_")
+        fp32_onnx = Path(fp32_tmp.name) / ONNX_NAME
+        sizes["fp32"] = export_float_onnx(model, fp32_onnx)
 
     # -- QAT ---------------------------------------------------------------------------------
     if model_args.skip_export:
@@ -108,10 +112,11 @@ def run(
         sizes["int8"] = os.path.getsize(out / "model.onnx")
         feed = {k: v[:1] for k, v in feed_arrays(trainer.model, next(iter(eval_ds))[0]).items()}
         latency = onnx_latency(
-            {"fp32": str(out / "fp32" / "model.onnx"), "int8": str(out / "model.onnx")},
+            {"fp32": str(fp32_onnx), "int8": str(out / "model.onnx")},
             feed,
             model_args.latency_runs,
         )
+        fp32_tmp.cleanup()
     trainer.save_model()
     values = {
         "fp32": fp32_accuracy,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -76,9 +77,11 @@ def run(
     nncf_ckpt = _read_nncf_checkpoint(model_args.nncf_checkpoint, model, training_args) if model_args.nncf_checkpoint else None
 
     # -- FP32 -------------------------------------------------------------------------------
-    fp32_dir = out / "fp32"
+    # the FP32 Trainer saves nothing (save_strategy "no"); its output_dir is a temporary folder so that the QAT
+    # folder holds no empty leftovers
+    fp32_tmp = tempfile.TemporaryDirectory(prefix="hf_qat_fp32_")
     fp32_args = TrainingArguments(
-        output_dir=str(fp32_dir),
+        output_dir=fp32_tmp.name,
         num_train_epochs=max(model_args.finetune_fp32_epochs, 0.0) or 1.0,
         learning_rate=model_args.finetune_fp32_learning_rate,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
@@ -103,6 +106,7 @@ def run(
         fp32_trainer.train()
     fp32_metrics = fp32_trainer.evaluate(metric_key_prefix="fp32")
     fp32_model = copy.deepcopy(model).eval()
+    fp32_tmp.cleanup()
 
     # -- QAT ---------------------------------------------------------------------------------
     training_args.export_onnx = not model_args.skip_export
@@ -138,12 +142,15 @@ def run(
         onnx_metrics = trainer.evaluate_onnx()
         example = next(iter(trainer.get_eval_dataloader()))
         example = {k: v.cpu() for k, v in example.items() if k != "labels"}
-        fp32_onnx = export_onnx(fp32_model, fp32_dir / ONNX_NAME, example)
-        sizes = {"fp32": fp32_onnx.file_size, "int8": trainer.onnx_result.file_size}
-        feed = {k: _pad_to(v[:1].cpu(), model_args.max_seq_length).numpy() for k, v in example.items()}
-        latency = onnx_latency(
-            {"fp32": str(fp32_onnx.path), "int8": str(trainer.onnx_result.path)}, feed, model_args.latency_runs
-        )
+        # the FP32 reference only gives the size and latency ratios: it is not saved, so that ONNX clients
+        # (optimum's ORTModelFor*) find one ONNX file in the folder, the INT8 one
+        with tempfile.TemporaryDirectory(prefix="hf_qat_fp32_") as tmp:
+            fp32_onnx = export_onnx(fp32_model, Path(tmp) / ONNX_NAME, example)
+            sizes = {"fp32": fp32_onnx.file_size, "int8": trainer.onnx_result.file_size}
+            feed = {k: _pad_to(v[:1].cpu(), model_args.max_seq_length).numpy() for k, v in example.items()}
+            latency = onnx_latency(
+                {"fp32": str(fp32_onnx.path), "int8": str(trainer.onnx_result.path)}, feed, model_args.latency_runs
+            )
 
     metric = task.main_metric
     if metric == "perplexity":
@@ -172,6 +179,11 @@ def run(
         "onnx_metrics": onnx_metrics,
         "onnx_file_size": sizes,
         "onnx_latency_batch1_s": latency,
+        "openvino": (
+            trainer.openvino_result.to_dict()
+            if trainer.openvino_result is not None
+            else {"error": trainer.openvino_error or "not exported"}
+        ),
         "quantizers": {
             "weights": len(trainer.compression_ctrl.weight_quantizers),
             "activations": len(trainer.compression_ctrl.activation_quantizers),
@@ -188,7 +200,8 @@ def run(
     lines = summary_table(task.name, metric, values, sizes, latency, "PyTorch", model_args.max_seq_length)
     lines.append(
         f"\nSaved to {out} ({results['wall_time_s']:.0f} s): model.safetensors, compression_state.json, "
-        f"nncf_config.json{', model.onnx' if sizes else ''}, README.md, qat_results.json"
+        f"nncf_config.json{', model.onnx' if sizes else ''}"
+        f"{', openvino_model.xml/.bin' if trainer.openvino_result is not None else ''}, README.md, qat_results.json"
     )
     print("\n".join(lines))
     if training_args.push_to_hub:

@@ -7,7 +7,8 @@ A PyTorch QAT folder (``QATTrainer`` checkpoint, ``save_model`` output or hub re
   state and NNCF config (embedded, so that ``from_pretrained`` needs nothing else) and a scheme summary;
 - ``compression_state.json``: NNCF's legacy ``compression_state`` (quantizer setup + controller state);
 - ``nncf_config.json``: the NNCF config the model was compressed with;
-- after export ``model.onnx`` (INT8), and ``README.md`` (model card), ``qat_results.json``.
+- after export ``model.onnx`` (INT8) and ``openvino_model.xml`` + ``openvino_model.bin`` (OpenVINO IR converted
+  from it, INT8 weights), ``README.md`` (model card, with ``sqnr.png``), ``qat_results.json``.
 
 A Keras QAT folder holds the model in its own format (a keras-hub preset, or ``model.keras``),
 ``compression_state.json``, ``nncf_config.json`` and ``hf_qat_quantizers.safetensors`` (the learned
@@ -36,9 +37,13 @@ __all__ = [
     "NNCF_CONFIG_NAME",
     "QUANTIZERS_FILE",
     "ONNX_NAME",
+    "OPENVINO_XML_NAME",
+    "OPENVINO_BIN_NAME",
+    "SQNR_PLOT_NAME",
     "RESULTS_NAME",
     "MAX_JSON_BYTES",
     "FolderLayout",
+    "remove_openvino_files",
     "TRANSFORMERS_LAYOUT",
     "KERAS_LAYOUT",
     "quantization_scheme",
@@ -53,6 +58,11 @@ NNCF_CONFIG_NAME = "nncf_config.json"
 #: Keras: the learned quantizer ranges, keyed ``<quantizer id>/<variable>``.
 QUANTIZERS_FILE = "hf_qat_quantizers.safetensors"
 ONNX_NAME = "model.onnx"
+#: OpenVINO IR converted from the INT8 ONNX file (the names optimum-intel's ``OVModelFor*`` load).
+OPENVINO_XML_NAME = "openvino_model.xml"
+OPENVINO_BIN_NAME = "openvino_model.bin"
+#: Per-layer quantization error plot of the model card.
+SQNR_PLOT_NAME = "sqnr.png"
 RESULTS_NAME = "qat_results.json"
 
 
@@ -114,6 +124,9 @@ TRANSFORMERS_LAYOUT = FolderLayout(
         NNCF_CONFIG_NAME,
         ONNX_NAME,
         ONNX_NAME + ".data",
+        OPENVINO_XML_NAME,
+        OPENVINO_BIN_NAME,
+        SQNR_PLOT_NAME,
         "README.md",
         RESULTS_NAME,
         *_PROCESSOR_FILES,
@@ -145,10 +158,24 @@ KERAS_LAYOUT = FolderLayout(
         "saved_model/*",
         "saved_model/**",
         ONNX_NAME,
+        OPENVINO_XML_NAME,
+        OPENVINO_BIN_NAME,
         "README.md",
         RESULTS_NAME,
     ),
 )
+
+
+def remove_openvino_files(folder: str | os.PathLike) -> list[str]:
+    """Delete ``openvino_model.xml``/``.bin`` from ``folder`` (an IR that no longer matches the model there).
+    Returns the names removed."""
+    removed = []
+    for name in (OPENVINO_XML_NAME, OPENVINO_BIN_NAME):
+        path = Path(folder) / name
+        if path.exists():
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 def quantization_scheme(ctrl: Any) -> dict[str, Any]:

@@ -140,7 +140,8 @@ class KerasQuantizationController(QuantizationControllerBase):
         ``save_format``: ``"frozen_graph"`` (default, TF2 frozen GraphDef ``.pb`` with FakeQuant nodes),
         ``"saved_model"`` (a SavedModel folder with a ``serve`` endpoint) or ``"onnx"``/``"onnx_<opset>"``
         (ONNX with int8 weights and QuantizeLinear/DequantizeLinear, verified in ONNX Runtime unless
-        ``verify=False``). Returns an [`hf_qat.keras.KerasExportResult`].
+        ``verify=False``) or ``"openvino"`` (OpenVINO IR converted from that ONNX file, ``save_path`` is the
+        ``.xml``, integer weights kept, verified in OpenVINO). Returns an [`hf_qat.keras.KerasExportResult`].
         """
         return export_keras(
             self,

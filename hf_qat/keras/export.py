@@ -40,7 +40,7 @@ __all__ = ["FORMATS", "KerasExportResult", "export_keras", "export_float_onnx"]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("frozen_graph", "saved_model", "onnx")
+FORMATS = ("frozen_graph", "saved_model", "onnx", "openvino")
 DEFAULT_OPSET = 17
 
 
@@ -50,12 +50,14 @@ class KerasExportResult:
 
     Attributes:
         path: the file (frozen graph, ONNX) or folder (SavedModel) written.
-        save_format: ``"frozen_graph"``, ``"saved_model"`` or ``"onnx"``.
+        save_format: ``"frozen_graph"``, ``"saved_model"``, ``"onnx"`` or ``"openvino"``.
         input_names / output_names: names in the exported graph.
         num_fake_quant: FakeQuant nodes in the graph (TF formats).
         num_quantize_linear / num_int8_weights: QuantizeLinear nodes and int8 weight initializers (ONNX).
         verification: ONNX Runtime comparisons with the Keras model (ONNX, when verified): one
             [`VerificationReport`] per runtime mode, as the PyTorch exporter's ``ExportResult`` has.
+        openvino: for ``"openvino"``, the [`hf_qat.onnx.OpenVINOResult`] of the IR (converted from the verified
+            INT8 ONNX export, integer weights checked, verified in OpenVINO).
     """
 
     path: str
@@ -66,6 +68,7 @@ class KerasExportResult:
     num_quantize_linear: int = 0
     num_int8_weights: int = 0
     verification: list[VerificationReport] = field(default_factory=list)
+    openvino: Any = None
 
 
 @contextlib.contextmanager
@@ -225,6 +228,22 @@ def export_onnx_model(
     return result
 
 
+def export_openvino_model(ctrl: Any, path: str, input_names: list[str] | None = None, verify: bool = True) -> KerasExportResult:
+    """OpenVINO IR (``path`` is the ``.xml``; the ``.bin`` goes beside it) converted from the verified INT8 ONNX
+    export, its integer weights kept and the IR verified in OpenVINO (:func:`hf_qat.onnx.convert_to_openvino`)."""
+    from ..onnx.openvino import convert_to_openvino
+    from .signature import feed_arrays
+    from .verify import example_batches
+
+    with tempfile.TemporaryDirectory(prefix="hf_qat_ov_") as tmp:
+        onnx_path = os.path.join(tmp, "model.onnx")
+        onnx_result = export_onnx_model(ctrl, onnx_path, DEFAULT_OPSET, input_names, verify)
+        feeds = [feed_arrays(ctrl.model, features) for features in example_batches(ctrl)] if verify else None
+        ov_result = convert_to_openvino(onnx_path, path, feeds, verify=verify)
+    onnx_result.path, onnx_result.save_format, onnx_result.openvino = path, "openvino", ov_result
+    return onnx_result
+
+
 def export_float_onnx(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> int:
     """Export an uncompressed Keras model to FP32 ONNX through tf2onnx, the same way as the INT8 export
     (variables folded to constants, same signature, ``Erfc`` rewritten): the baseline its size and
@@ -267,4 +286,6 @@ def export_keras(
         return export_frozen_graph(ctrl, save_path, input_names)
     if fmt == "saved_model":
         return export_saved_model(ctrl, save_path, input_names)
+    if fmt == "openvino":
+        return export_openvino_model(ctrl, save_path, input_names, verify)
     return export_onnx_model(ctrl, save_path, int(opset) if opset else DEFAULT_OPSET, input_names, verify)

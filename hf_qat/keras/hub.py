@@ -21,6 +21,7 @@ Nothing loaded runs code: JSON, safetensors and Keras' safe-mode deserialisation
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -33,14 +34,19 @@ from ..core.layout import (
     COMPRESSION_STATE_NAME,
     KERAS_LAYOUT,
     NNCF_CONFIG_NAME,
+    OPENVINO_XML_NAME,
     QUANTIZERS_FILE,
     RESULTS_NAME,
     read_json_file,
+    remove_openvino_files,
 )
+from ..errors import ExportError
 from ..hub.model_card import write_model_card
 from ..hub.push import push_qat_folder
 from ..utils.io import atomic_path, atomic_write_text
 from .model_creation import create_compressed_model
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "from_pretrained",
@@ -170,7 +176,7 @@ def push_to_hub_keras(
     results: dict[str, Any] | None = None,
     base_model: str | None = None,
     dataset: str | None = None,
-    formats: tuple[str, ...] = ("frozen_graph", "saved_model", "onnx"),
+    formats: tuple[str, ...] = ("frozen_graph", "saved_model", "onnx", "openvino"),
     **push_kwargs: Any,
 ) -> Any:
     """Save, export (``formats``), write the model card and push a compressed Keras model in one commit."""
@@ -178,11 +184,18 @@ def push_to_hub_keras(
         "frozen_graph": "model.pb",
         "saved_model": "saved_model",
         "onnx": "model.onnx",
+        "openvino": OPENVINO_XML_NAME,
     }
     with tempfile.TemporaryDirectory(prefix="hf_qat_push_") as tmp:
         save_keras_qat_model(model, ctrl, tmp)
         for fmt in formats:
-            ctrl.export_model(str(Path(tmp) / exports[fmt]), save_format=fmt)
+            try:
+                ctrl.export_model(str(Path(tmp) / exports[fmt]), save_format=fmt)
+            except (ImportError, ExportError) as e:
+                if fmt != "openvino":
+                    raise
+                remove_openvino_files(tmp)  # the push goes on without an IR, and says so
+                logger.warning("hf_qat: the push of %s holds no OpenVINO IR: %s", repo_id, e)
         card_results = dict(results) if results else {"metric": "n/a", "values": {}}
         card_results.setdefault("task", "text-classification")
         write_model_card(

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..core.config import NNCFConfig
 from ..core.defaults import DEFAULT_NUM_INIT_SAMPLES, default_nncf_config
-from ..core.layout import ONNX_NAME
-from ..errors import CompressionStateError
+from ..core.layout import ONNX_NAME, OPENVINO_XML_NAME, remove_openvino_files
+from ..errors import CompressionStateError, ExportError
 from ..onnx.runtime import OnnxRunner
 from .checkpoint import CompressionState, load_compression_state
 from .hub import push_to_hub_keras, save_keras_qat_model
@@ -53,8 +53,12 @@ class KerasQATArguments:
     learning_rate: float = field(default=2e-5, metadata={"help": "Adam learning rate of the QAT fine-tuning."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     export_formats: str = field(
-        default="frozen_graph,onnx",
-        metadata={"help": "Comma-separated: frozen_graph, saved_model, onnx."},
+        default="frozen_graph,onnx,openvino",
+        metadata={
+            "help": "Comma-separated: frozen_graph, saved_model, onnx, openvino (IR converted from the INT8 ONNX: "
+            "openvino_model.xml + .bin, the files optimum-intel's OVModelFor* load; left out with a warning when "
+            "OpenVINO cannot convert the model)."
+        },
     )
     evaluate_onnx: bool = field(
         default=True,
@@ -122,6 +126,8 @@ class KerasQATTrainer:
         self.output_dir = Path(args.output_dir)
         self._checkpoint = None
         self._manager = None
+        #: why the last export has no OpenVINO IR (``None`` when it has one, or none was asked for)
+        self.openvino_error: str | None = None
 
     # -- compression ---------------------------------------------------------------------------
     def compress(self, compression_state: dict | None = None) -> Any:
@@ -248,12 +254,25 @@ class KerasQATTrainer:
             "frozen_graph": "model.pb",
             "saved_model": "saved_model",
             "onnx": "model.onnx",
+            "openvino": OPENVINO_XML_NAME,
         }
         formats = formats or [f.strip() for f in self.args.export_formats.split(",") if f.strip()]
         unknown = [f for f in formats if f not in files]
         if unknown:
             raise ValueError(f"unknown export format(s) {unknown}; expected some of {sorted(files)}")
-        return {fmt: self.ctrl.export_model(str(self.output_dir / files[fmt]), save_format=fmt) for fmt in formats}
+        results = {}
+        for fmt in formats:
+            if fmt != "openvino":
+                results[fmt] = self.ctrl.export_model(str(self.output_dir / files[fmt]), save_format=fmt)
+                continue
+            self.openvino_error = None
+            try:  # a model OpenVINO cannot convert keeps its other exports; the folder then holds no IR
+                results[fmt] = self.ctrl.export_model(str(self.output_dir / files[fmt]), save_format=fmt)
+            except (ImportError, ExportError) as e:
+                self.openvino_error = str(e)
+                remove_openvino_files(self.output_dir)
+                logger.warning("hf_qat: no OpenVINO IR in %s: %s. The other exports are saved.", self.output_dir, e)
+        return results
 
     def save_model(self, output_dir: str | None = None) -> Path:
         """Save the keras-hub preset (or ``model.keras``), compression state, config and quantizer ranges."""

@@ -5,6 +5,14 @@ from ..utils.imports import require
 
 require("onnx", feature="hf_qat.onnx (ONNX export, verification and runtimes)")
 
+from .openvino import (
+    OPENVINO_BIN_NAME,
+    OPENVINO_XML_NAME,
+    OpenVINOResult,
+    PrecisionCheck,
+    convert_to_openvino,
+    remove_openvino_files,
+)
 from .runtime import RUNTIMES, OnnxRunner, load_runner
 from .summary import OnnxSummary, summarize
 from .verify import (
@@ -20,6 +28,12 @@ from .verify import (
 )
 
 __all__ = [
+    "OPENVINO_XML_NAME",
+    "OPENVINO_BIN_NAME",
+    "OpenVINOResult",
+    "PrecisionCheck",
+    "convert_to_openvino",
+    "remove_openvino_files",
     "RUNTIMES",
     "OnnxRunner",
     "load_runner",

@@ -7,6 +7,7 @@ The folder follows :data:`hf_qat.core.layout.TRANSFORMERS_LAYOUT`; ``from_pretra
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ from ..hub.push import push_qat_folder
 from ..utils.io import atomic_write_text
 
 __all__ = ["save_qat_model", "push_to_hub", "task_of", "base_model_of"]
+
+logger = logging.getLogger(__name__)
 
 _TASK_SUFFIXES = (
     ("ForSequenceClassification", "text-classification"),
@@ -79,7 +82,9 @@ def push_to_hub(
 
     Saves the QAT checkpoint, exports ``model.onnx`` (INT8, verified in ONNX Runtime; example inputs
     from ``example_inputs``, the controller's calibration data or the model config), renders the
-    model card and uploads everything in one commit. Returns the ``CommitInfo``.
+    model card and uploads everything in one commit. The INT8 ONNX file is converted to OpenVINO IR
+    (``openvino_model.xml`` + ``.bin``, verified in OpenVINO); when OpenVINO cannot convert or run it, a warning says
+    why and the push holds no IR. Returns the ``CommitInfo``.
 
     Raises:
         [`ExportError`]: the ONNX export failed (nothing was pushed).
@@ -91,9 +96,15 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="hf_qat_push_") as tmp:
         save_qat_model(model, ctrl, tmp, processor)
         try:
-            export_onnx(model, Path(tmp) / ONNX_NAME, example_inputs, config=ctrl.config)
+            exported = export_onnx(model, Path(tmp) / ONNX_NAME, example_inputs, config=ctrl.config)
         except ExportError as e:
             raise ExportError(f"push_to_hub: the INT8 ONNX export failed, nothing was pushed. {e}", e.module, e.op) from e
+        try:
+            from ..onnx.openvino import convert_to_openvino
+
+            convert_to_openvino(exported.path, inputs=exported.inputs)
+        except (ImportError, ExportError) as e:  # convert_to_openvino leaves no IR behind on failure
+            logger.warning("hf_qat: the push to %s holds no OpenVINO IR: %s", repo_id, e)
         card_results = dict(results) if results else {"metric": "n/a", "values": {}}
         card_results.setdefault("task", task_of(model))
         write_model_card(tmp, ctrl, card_results, base_model=base_model or base_model_of(model), dataset=dataset, repo_id=repo_id)

@@ -29,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from ..core.algo_config import DistillationSettings, without_distillation
 from ..core.config import NNCFConfig
 from ..core.defaults import default_nncf_config
-from ..core.layout import ONNX_NAME, quantization_config_dict, write_qat_files
+from ..core.layout import ONNX_NAME, quantization_config_dict, remove_openvino_files, write_qat_files
 from ..errors import CompressionStateError, ConfigError, ExportError
 from ..hub.model_card import write_model_card
 from ..hub.push import push_qat_folder
@@ -58,6 +58,14 @@ class QATTrainingArguments(TrainingArguments):
     )
     export_onnx: bool = field(default=False, metadata={"help": "Export INT8 ONNX to <output_dir>/model.onnx after training."})
     onnx_opset: int = field(default=18, metadata={"help": "ONNX opset of the export (>= 13)."})
+    export_openvino: bool = field(
+        default=True,
+        metadata={
+            "help": "With export_onnx: convert the verified INT8 ONNX to OpenVINO IR (<output_dir>/openvino_model.xml "
+            "+ .bin, INT8 weights, verified in OpenVINO), the files optimum-intel's OVModelFor* load. If OpenVINO "
+            "cannot convert the model, a warning says why and the folder holds no IR."
+        },
+    )
     evaluate_onnx: bool = field(
         default=True, metadata={"help": "With export_onnx: evaluate the exported file in ONNX Runtime on the eval set."}
     )
@@ -173,6 +181,9 @@ class QATTrainer(Trainer):
         super().__init__(model, args, *a, **kw)
         self.onnx_result = None
         self._onnx_step: int | None = None
+        #: the OpenVINO IR beside the exported ONNX file (``None``: not converted; see ``openvino_error``)
+        self.openvino_result = None
+        self.openvino_error: str | None = None
         if self.compression_ctrl is not None:
             self._attach(self.compression_ctrl)
 
@@ -501,10 +512,43 @@ class QATTrainer(Trainer):
         }
         model = self.accelerator.unwrap_model(self.model)
         kwargs.setdefault("opset", self.args.onnx_opset)
+        default_file = path == Path(self.args.output_dir) / ONNX_NAME
+        if default_file:
+            remove_openvino_files(path.parent)  # an IR of an earlier model must not sit beside the new file
         self.onnx_result = export_onnx(model, path, example, **kwargs)
         self._onnx_step = self.state.global_step
         logger.info("hf_qat: %s", self.onnx_result)
+        if default_file and self.args.export_openvino:
+            self.export_openvino()
         return self.onnx_result
+
+    def export_openvino(self):
+        """Convert the exported INT8 ONNX file to OpenVINO IR beside it (``openvino_model.xml`` + ``.bin``) and verify
+        it in OpenVINO (f32 must agree with ONNX Runtime; the CPU's default precision is reported).
+
+        A model OpenVINO cannot convert or run keeps its checkpoint and ONNX file: a warning says why the IR is
+        missing, ``openvino_error`` holds the reason, and the folder holds no IR (a push then has none).
+        Returns the [`OpenVINOResult`] or ``None``.
+        """
+        if self.onnx_result is None:
+            raise ValueError("Nothing to convert yet: export_onnx() first.")
+        self.openvino_result, self.openvino_error = None, None
+        try:
+            from ..onnx.openvino import convert_to_openvino
+
+            self.openvino_result = convert_to_openvino(self.onnx_result.path, inputs=self.onnx_result.inputs)
+        except (ImportError, ExportError) as e:
+            self.openvino_error = str(e)
+            remove_openvino_files(Path(self.onnx_result.path).parent)
+            logger.warning(
+                "hf_qat: no OpenVINO IR in %s: %s. The checkpoint and model.onnx are saved; the IR is left out of "
+                "the folder and of any push.",
+                Path(self.onnx_result.path).parent,
+                e,
+            )
+            return None
+        logger.info("hf_qat: %s", self.openvino_result)
+        return self.openvino_result
 
     def _unsharded_eval_loader(self, eval_dataset=None):
         """The whole eval set on this process (the prepared loader holds only this rank's shard)."""

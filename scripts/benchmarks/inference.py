@@ -1,5 +1,7 @@
 """Section 3: inference latency and file size of FP32 ONNX, hf_qat INT8 ONNX and ONNX Runtime's
-static INT8, in ONNX Runtime and OpenVINO (CPU), batch 1 and 32, sequence 128.
+static INT8, in ONNX Runtime and OpenVINO (CPU), batch 1 and 32, sequence 128; and of the OpenVINO IR
+hf_qat saves (``openvino_model.xml``, converted from the INT8 ONNX) against the FP32 model's IR, in OpenVINO's
+default inference precision (bf16 on CPUs that have it) and in f32.
 
 The files are the ones the accuracy section produced (fine-tuned and trained models); without it,
 all-MiniLM-L6-v2 is exported directly (hf_qat INT8 calibrated on random tokens). Runs alternate
@@ -76,11 +78,56 @@ def run_inference(
             ).items():
                 lat[runtime][k][b] = 1e3 * t
             log(f"  {runtime} batch {b}: " + ", ".join(f"{k} {lat[runtime][k][b]:.1f} ms" for k in present))
+    ir = ir_inference(files, batches, repeats, seq_len, work=Path(files["fp32"]).parent / "openvino_ir", log=log)
     return {
         "sizes_mib": sizes,
         "latency_ms": lat,
+        "openvino_ir": ir,
         "seq_len": seq_len,
         "labels": dict(MODELS),
         "repeats": {str(k): v for k, v in repeats.items()},
         "threads": runtime_threads(),
+    }
+
+
+def ir_inference(
+    files: dict[str, str], batches: tuple[int, ...], repeats: dict[int, int], seq_len: int, work: Path, log=print
+) -> dict:
+    """IR sizes (xml + bin, MiB), integer weight constants and latencies (ms) of the FP32 and hf_qat INT8 files
+    converted to OpenVINO IR as hf_qat saves them, per inference precision ("default", "f32") and batch size."""
+    import openvino as ov
+
+    from hf_qat.onnx import convert_to_openvino
+
+    keys = [k for k in ("fp32", "hf_qat_qat") if k in files]
+    irs = {k: convert_to_openvino(files[k], work / k / "openvino_model.xml", verify=False) for k in keys}
+    core = ov.Core()
+    threads = runtime_threads()
+    lat: dict[str, dict[str, dict[int, float]]] = {}
+    used: dict[str, str] = {}
+    for precision, config in (("default", {}), ("f32", {"INFERENCE_PRECISION_HINT": "f32"})):
+        if threads:
+            config = {**config, "INFERENCE_NUM_THREADS": threads}
+        compiled = {k: core.compile_model(core.read_model(str(irs[k].xml_path)), "CPU", config) for k in keys}
+        hint = next(iter(compiled.values())).get_property("INFERENCE_PRECISION_HINT")
+        used[precision] = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        requests = {k: c.create_infer_request() for k, c in compiled.items()}
+        lat[precision] = {k: {} for k in keys}
+        for b in batches:
+            batch = random_batches(1, b, seq_len, labels=False, seed=3)[0]
+            feed = {n: v.numpy() for n, v in batch.items()}
+
+            def runner(request):
+                names = {n for port in request.model_inputs for n in port.get_names()}
+                return lambda f: request.infer({n: v for n, v in f.items() if n in names})
+
+            for k, t in latency({k: runner(r) for k, r in requests.items()}, feed, repeats.get(b, 5)).items():
+                lat[precision][k][b] = 1e3 * t
+            log(f"  openvino IR {precision} ({used[precision]}) batch {b}: "
+                + ", ".join(f"{k} {lat[precision][k][b]:.1f} ms" for k in keys))  # fmt: skip
+    return {
+        "sizes_mib": {k: r.file_size / 2**20 for k, r in irs.items()},
+        "integer_weights": {k: r.num_integer_weights for k, r in irs.items()},
+        "latency_ms": lat,
+        "precision": used,
     }

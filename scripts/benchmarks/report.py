@@ -124,6 +124,38 @@ def inference_md(i: dict) -> list[str]:
                 v, ref = lat[rt][k].get(b, lat[rt][k].get(str(b))), lat[rt]["fp32"].get(b, lat[rt]["fp32"].get(str(b)))
                 cells += [f"{v:.1f}", f"{v / ref:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if i.get("openvino_ir"):
+        lines += openvino_ir_md(i["openvino_ir"], labels, batches)
+    return lines
+
+
+def openvino_ir_md(ir: dict, labels: dict, batches: list[int]) -> list[str]:
+    sizes, lat, used = ir["sizes_mib"], ir["latency_ms"], ir["precision"]
+    precisions = list(lat)
+    head = "| IR | size (MiB) | / FP32 | int8 weight constants | " + " | ".join(
+        f"{p} ({used[p]}) b{b} (ms) | / FP32" for p in precisions for b in batches
+    )
+    lines = [
+        "OpenVINO IR as hf_qat saves it (`openvino_model.xml` + `.bin`, converted from the ONNX file, float constants "
+        "kept in f32), in OpenVINO's default inference precision and in f32 (`INFERENCE_PRECISION_HINT`); the FP32 row "
+        "is the FP32 ONNX file converted the same way:",
+        "",
+        head + " |",
+        "|" + "---|" * (4 + 2 * len(precisions) * len(batches)),
+    ]
+    for k in sizes:
+        cells = [
+            labels[k].replace("ONNX", "IR"),
+            f"{sizes[k]:.1f}",
+            f"{sizes[k] / sizes['fp32']:.3f}",
+            str(ir["integer_weights"][k]),
+        ]
+        for p in precisions:
+            for b in batches:
+                v, ref = lat[p][k].get(b, lat[p][k].get(str(b))), lat[p]["fp32"].get(b, lat[p]["fp32"].get(str(b)))
+                cells += [f"{v:.1f}", f"{v / ref:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 

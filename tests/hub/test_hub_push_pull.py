@@ -12,7 +12,14 @@ import hf_qat
 from hf_qat import NNCFConfig, create_compressed_model, register_default_init_args
 from hf_qat.transformers import QATTrainer, QATTrainingArguments
 
-QAT_FILES = {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md"}
+QAT_FILES = {"model.safetensors", "config.json", "compression_state.json", "nncf_config.json", "model.onnx", "README.md",
+             "openvino_model.xml", "openvino_model.bin"}  # fmt: skip
+#: pickles and Trainer state never leave the machine (the OpenVINO weights file is the one allowed .bin)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+
+
+def _pickle_like(name: str) -> bool:
+    return name.endswith(PICKLE_SUFFIXES) and name != "openvino_model.bin"
 
 
 def logits(model, batch):
@@ -51,7 +58,7 @@ def test_trainer_push_is_one_commit_and_pulls_back_bit_for_bit(hub, tmp_path):
     assert len(hub.commits("test-user/bert-qat")) == 2
     files = hub.files("test-user/bert-qat")
     assert QAT_FILES <= set(files)
-    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) or f.startswith("checkpoint-") for f in files)
+    assert not any(_pickle_like(f) or f.startswith("checkpoint-") for f in files)
     config = json.loads(files["config.json"])
     assert config["quantization_config"]["quant_method"] == "hf_qat"
 
@@ -120,7 +127,7 @@ def test_run_qat_push_to_hub(hub, tmp_path):
     assert [c.message for c in commits][0] == "hf_qat: quantization-aware training" and len(commits) == 2
     files = hub.files("test-user/run-qat")
     assert QAT_FILES | {"qat_results.json", "tokenizer.json"} <= set(files)
-    assert not any(f.startswith("fp32/") or f.endswith(".bin") for f in files)
+    assert not any(f.startswith("fp32/") or _pickle_like(f) for f in files)
     results = json.loads(files["qat_results.json"])
     card = files["README.md"].decode()
     assert f"{results['values']['int8_onnx']:.4f}" in card

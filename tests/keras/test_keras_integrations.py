@@ -112,15 +112,19 @@ def test_trainer_evaluates_exports_and_onnx_accuracy_matches(tmp_path):
     ds, _ = bert_data()
     trainer = KerasQATTrainer(
         tiny_bert(),
-        args(tmp_path, export_formats="frozen_graph,saved_model,onnx"),
+        args(tmp_path, export_formats="frozen_graph,saved_model,onnx,openvino"),
         train_dataset=ds,
         eval_dataset=ds,
     )
     trainer.train()
     tf_metrics = trainer.evaluate()
     exports = trainer.export()
-    assert set(exports) == {"frozen_graph", "saved_model", "onnx"}
+    assert set(exports) == {"frozen_graph", "saved_model", "onnx", "openvino"}
     assert (tmp_path / "out" / "model.pb").is_file() and (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
+    ir = exports["openvino"].openvino  # the IR: int8 weights kept, f32 outputs agree with ONNX Runtime
+    assert (tmp_path / "out" / "openvino_model.xml").is_file() and (tmp_path / "out" / "openvino_model.bin").is_file()
+    assert ir.num_integer_weights >= ir.num_onnx_integer_weights == exports["onnx"].num_int8_weights > 0
+    assert ir.check("f32").ok and ir.check("f32").top1_agreement == 1.0
     onnx_metrics = trainer.evaluate_onnx()
     assert onnx_metrics["onnx_samples"] == 32
     assert abs(onnx_metrics["onnx_accuracy"] - tf_metrics["eval_accuracy"]) <= 1 / 32
@@ -182,7 +186,8 @@ def test_push_to_hub_and_pull_back_with_keras_hub(hub, tmp_path):
         "task.json",
         "model.weights.h5",
     } <= set(files)
-    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+    assert "openvino_model.xml" in files and "openvino_model.bin" in files  # IR beside the INT8 ONNX
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) and f != "openvino_model.bin" for f in files)
     card = files["README.md"].decode() if isinstance(files["README.md"], bytes) else files["README.md"]
     assert "library_name: keras" in card and "hf://test-user/bert-keras-qat" in card
     assert json.loads(files["compression_state.json"]) == trainer.ctrl.get_compression_state()

@@ -74,6 +74,9 @@ class ExportResult:
             and as ``QuantizeLinear``/``DequantizeLinear`` pairs.
         file_size: bytes on disk (ONNX file plus external data, if any).
         verification: one report per runtime checked (empty when verification was off).
+        inputs: the batches the file was run on for verification (``{input_name: array}``; the example
+            inputs, and the example grown along its dynamic axes): an IR converted from the file is
+            verified on them (:func:`hf_qat.onnx.convert_to_openvino`).
     """
 
     path: Path
@@ -88,6 +91,7 @@ class ExportResult:
     num_activation_quantizers: int
     file_size: int
     verification: list[VerificationReport] = field(default_factory=list)
+    inputs: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
         s = self.summary
@@ -476,8 +480,9 @@ def export_onnx(
         file_size,
     )
     logger.info("hf_qat: exported %s", result)
+    batches = [sig.inputs] + ([grown_inputs] if grown_inputs else [])
+    result.inputs = [{k: v.detach().cpu().numpy() for k, v in b.items()} for b in batches]
     if verify:
-        batches = [sig.inputs] + ([grown_inputs] if grown_inputs else [])
         if atol is None and not (num_weights or num_activations):  # an FP32 graph: compare outputs directly
             atol = verification_tolerance([_as_array(t) for t in reference])
         try:
