@@ -59,6 +59,8 @@ __getattr__, _lazy_dir = _attach(
         ],
         "torch.export": ["export_onnx", "ExportResult"],
         "torch.export.verify": ["verify_onnx"],
+        "torch.report": ["quantization_report"],
+        "onnx.openvino": ["convert_to_openvino", "OpenVINOResult"],
         # transformers integration
         "transformers.trainer": ["QATTrainer", "QATTrainingArguments"],
         "transformers.metrics": ["load_metric"],
@@ -105,10 +107,13 @@ __all__ = [
     "InitializingDataLoader",
     "QuantizationRangeInitArgs",
     "BNAdaptationInitArgs",
+    "quantization_report",
     # ONNX export
     "export_onnx",
     "verify_onnx",
     "ExportResult",
+    "convert_to_openvino",
+    "OpenVINOResult",
     # transformers Trainer
     "QATTrainer",
     "QATTrainingArguments",

@@ -109,6 +109,20 @@ class QuantizationController(QuantizationControllerBase):
         return self.quantizers[qid].spec.to_state()
 
     # -- export ---------------------------------------------------------------------------
+    def _export_openvino(self, save_path, input_names, output_names, model_args, **kwargs):
+        import tempfile
+        from pathlib import Path
+
+        from ..onnx.openvino import convert_to_openvino
+
+        xml = Path(save_path)
+        with tempfile.TemporaryDirectory(prefix="hf_qat_ov_") as tmp:
+            export = self.export_model(str(Path(tmp) / "model.onnx"), "onnx", input_names, output_names, model_args, **kwargs)
+            result = convert_to_openvino(export.path, xml, export.inputs, verify=kwargs.get("verify", True))
+        export.path = None  # the intermediate ONNX file is gone
+        result.export = export
+        return result
+
     def export_model(
         self,
         save_path: str,
@@ -118,28 +132,35 @@ class QuantizationController(QuantizationControllerBase):
         model_args: Any = None,
         **kwargs: Any,
     ):
-        """Export the compressed model to ONNX with INT8 weights and Q/DQ activations (NNCF's signature).
+        """Export the compressed model to INT8 ONNX or OpenVINO IR (NNCF's signature).
 
         Args:
-            save_path: the ``.onnx`` file to write (atomically).
-            save_format: ``"onnx"`` (default) or ``"onnx_<opset>"``, e.g. ``"onnx_17"``.
+            save_path: the file to write (atomically): the ``.onnx`` file, or for ``"openvino"`` the ``.xml``
+                (its ``.bin`` beside it; ``openvino_model.xml`` is the name optimum-intel loads).
+            save_format: ``"onnx"`` (default), ``"onnx_<opset>"`` (e.g. ``"onnx_17"``) or ``"openvino"``: the
+                verified INT8 ONNX export converted to IR, its integer weights kept and the IR verified in
+                OpenVINO (see [`hf_qat.onnx.convert_to_openvino`]).
             input_names / output_names: override the names taken from the model.
             model_args: example inputs, NNCF layout ``(a, b, {"x": x})`` or a dict of tensors;
                 default: the first calibration batch, ``input_info``, or the model's config.
             **kwargs: passed to [`hf_qat.export_onnx`] (``verify``, ``runtimes``, ``dynamic_axes`` ...).
 
         Returns:
-            [`ExportResult`]: path, exporter used, operator counts and verification reports.
+            [`ExportResult`] (path, exporter used, operator counts and verification reports), or for
+            ``"openvino"`` an [`OpenVINOResult`] whose ``export`` is the ONNX export it was converted from.
         """
         import re
 
         from .export import DEFAULT_OPSET, export_onnx
 
         fmt = "onnx" if save_format is None else str(save_format)
+        if fmt == "openvino":
+            return self._export_openvino(save_path, input_names, output_names, model_args, **kwargs)
         match = re.fullmatch(r"onnx(?:_(\d+))?", fmt)
         if match is None:
             raise ValueError(
-                f"save_format {fmt!r} is not supported for PyTorch models: use 'onnx' or 'onnx_<opset>' (e.g. 'onnx_17')."
+                f"save_format {fmt!r} is not supported for PyTorch models: use 'onnx', 'onnx_<opset>' (e.g. 'onnx_17') "
+                "or 'openvino'."
             )
         opset = int(match.group(1)) if match.group(1) else kwargs.pop("opset", DEFAULT_OPSET)
         return export_onnx(
@@ -152,6 +173,21 @@ class QuantizationController(QuantizationControllerBase):
             config=self.config,
             **kwargs,
         )
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def quantization_report(self, fp32_model: nn.Module, batches: Any, *, local: bool = True, max_batches: int | None = None):
+        """Per-layer SQNR of this controller's model against ``fp32_model`` on ``batches``.
+
+        Same as ``hf_qat.quantization_report(fp32_model, ctrl.model, batches, ...)``; see
+        [`hf_qat.torch.report.quantization_report`] for the arguments and errors.
+
+        Returns:
+            [`LayerReport`]: one row per quantized layer that ran, in network order (``worst(n)``, ``to_dict()``,
+            ``to_markdown()``, ``plot(path)``).
+        """
+        from .report import quantization_report
+
+        return quantization_report(fp32_model, self._model, batches, local=local, max_batches=max_batches)
 
     # -- checkpoints ------------------------------------------------------------------------
     def nncf_state_dict(self) -> dict[str, torch.Tensor]:
