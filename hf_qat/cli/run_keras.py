@@ -22,7 +22,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402  (hf_qat.keras selected the TensorFlow backend)
 
 from ..core.layout import ONNX_NAME, RESULTS_NAME  # noqa: E402
-from ..hub.model_card import write_model_card  # noqa: E402
+from ..hub.model_card import license_of, write_model_card  # noqa: E402
 from ..keras.export import export_float_onnx  # noqa: E402
 from ..keras.signature import feed_arrays  # noqa: E402
 from ..keras.trainer import KerasQATArguments, KerasQATTrainer  # noqa: E402
@@ -142,7 +142,11 @@ def run(
         "wall_time_s": time.perf_counter() - started,
     }
     atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
-    base_model = BUILTIN_HUB_ID if builtin else model_args.model_name
+    if qat_args.base_model is None and builtin:
+        qat_args.base_model = BUILTIN_HUB_ID
+    base_model = qat_args.base_model or model_args.model_name
+    license = qat_args.license or license_of(base_model)
+    qat_args.license = license
     write_model_card(
         out,
         trainer.ctrl,
@@ -150,6 +154,7 @@ def run(
         base_model=base_model,
         dataset=data_args.dataset_name,
         framework="keras",
+        license=license,
     )
 
     lines = summary_table(model_args.task, "accuracy", values, sizes, latency, "TensorFlow", model_args.max_seq_length)

@@ -19,9 +19,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from ..core.config import NNCFConfig
-from ..core.layout import ONNX_NAME, RESULTS_NAME
+from ..core.layout import ONNX_NAME, RESULTS_NAME, SQNR_PLOT_NAME
 from ..errors import CompressionStateError
-from ..hub.model_card import write_model_card
+from ..hub.model_card import license_of, write_model_card
 from ..torch.checkpoint import load_checkpoint, normalize_state_dict_keys
 from ..torch.export import export_onnx
 from ..torch.nncf_restore import restore_nncf_checkpoint
@@ -193,9 +193,20 @@ def run(
         "eval_samples": len(processed["validation"]),
         "wall_time_s": time.perf_counter() - started,
     }
+    plot = _layer_report(trainer, fp32_model, results, out)
     atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
-    base_model = BUILTIN_HUB_ID if builtin else model_args.model_name
-    write_model_card(out, trainer.compression_ctrl, results, base_model=base_model, dataset=data_args.dataset_name)
+    if training_args.base_model is None and builtin:
+        training_args.base_model = BUILTIN_HUB_ID  # the built-in run loads the hub model's packaged copy
+    base_model = training_args.base_model or model_args.model_name
+    write_model_card(
+        out,
+        trainer.compression_ctrl,
+        results,
+        base_model=base_model,
+        dataset=data_args.dataset_name,
+        license=training_args.license or license_of(model_args.model_name) or license_of(base_model),
+        layer_report_plot=plot,
+    )
 
     lines = summary_table(task.name, metric, values, sizes, latency, "PyTorch", model_args.max_seq_length)
     lines.append(
@@ -208,6 +219,31 @@ def run(
         info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
         print(f"Pushed to {getattr(info, 'commit_url', None) or training_args.hub_model_id}")
     return results
+
+
+#: evaluation batches the per-layer report runs on (each runs the FP32 and the QAT model once)
+LAYER_REPORT_BATCHES = 8
+
+
+def _layer_report(trainer: QATTrainer, fp32_model: torch.nn.Module, results: dict[str, Any], out: Path) -> str | None:
+    """Per-layer SQNR of the QAT model against the FP32 one on evaluation batches: into ``results`` and a plot."""
+    loader = trainer.get_eval_dataloader()
+    started = time.perf_counter()
+    report = trainer.compression_ctrl.quantization_report(fp32_model, loader, max_batches=LAYER_REPORT_BATCHES)
+    results["layer_report"] = report.to_dict()
+    worst = report.worst(1)
+    logger.info(
+        "run_qat: per-layer SQNR on %d batches in %.1f s; worst layer %s",
+        report.num_batches,
+        time.perf_counter() - started,
+        f"{worst[0].scope} ({worst[0].sqnr_db:.1f} dB)" if worst else "n/a",
+    )
+    try:
+        report.plot(out / SQNR_PLOT_NAME)
+    except ImportError as e:  # matplotlib is optional: the card keeps the table
+        logger.warning("run_qat: no %s (%s); the model card keeps the table", SQNR_PLOT_NAME, e)
+        return None
+    return SQNR_PLOT_NAME
 
 
 def _read_nncf_checkpoint(path: str, model: torch.nn.Module, training_args: QATTrainingArguments) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from ..core.layout import (
     remove_openvino_files,
 )
 from ..errors import ExportError
-from ..hub.model_card import write_model_card
+from ..hub.model_card import license_of, write_model_card
 from ..hub.push import push_qat_folder
 from ..utils.io import atomic_path, atomic_write_text
 from .model_creation import create_compressed_model
@@ -176,6 +176,7 @@ def push_to_hub_keras(
     results: dict[str, Any] | None = None,
     base_model: str | None = None,
     dataset: str | None = None,
+    license: str | None = None,
     formats: tuple[str, ...] = ("frozen_graph", "saved_model", "onnx", "openvino"),
     **push_kwargs: Any,
 ) -> Any:
@@ -206,6 +207,7 @@ def push_to_hub_keras(
             dataset=dataset,
             repo_id=repo_id,
             framework="keras",
+            license=license or license_of(base_model),
         )
         if results:
             atomic_write_text(

@@ -69,6 +69,14 @@ class KerasQATArguments:
     seed: int = field(default=42, metadata={"help": "Random seed."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for push_to_hub."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the model this one was trained from, for the model card (needed for a local folder)."},
+    )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the model card (default: the base model's, read from its local card; else none)."},
+    )
 
 
 def _checkpoint_callback(trainer: KerasQATTrainer) -> Any:
@@ -284,9 +292,11 @@ class KerasQATTrainer:
         results: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Save, export all three formats, write the model card and push in one commit."""
+        """Save, export (frozen graph, SavedModel, ONNX, OpenVINO IR), write the model card and push in one commit."""
         repo_id = repo_id or self.args.hub_model_id
         if not repo_id:
             raise ValueError("push_to_hub needs a repo id: pass repo_id or set args.hub_model_id")
         kwargs.setdefault("token", self.args.hub_token)
+        kwargs.setdefault("base_model", self.args.base_model)
+        kwargs.setdefault("license", self.args.license)
         return push_to_hub_keras(self.model, self.ctrl, repo_id, results=results, **kwargs)

@@ -29,9 +29,15 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from ..core.algo_config import DistillationSettings, without_distillation
 from ..core.config import NNCFConfig
 from ..core.defaults import default_nncf_config
-from ..core.layout import ONNX_NAME, quantization_config_dict, remove_openvino_files, write_qat_files
+from ..core.layout import (
+    ONNX_NAME,
+    SQNR_PLOT_NAME,
+    quantization_config_dict,
+    remove_openvino_files,
+    write_qat_files,
+)
 from ..errors import CompressionStateError, ConfigError, ExportError
-from ..hub.model_card import write_model_card
+from ..hub.model_card import license_of, write_model_card
 from ..hub.push import push_qat_folder
 from ..torch.controller import QuantizationController
 from ..torch.init import register_default_init_args
@@ -68,6 +74,17 @@ class QATTrainingArguments(TrainingArguments):
     )
     evaluate_onnx: bool = field(
         default=True, metadata={"help": "With export_onnx: evaluate the exported file in ONNX Runtime on the eval set."}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id of the model this one was trained from, for the model card's base_model (needed when the "
+            "model was loaded from a local folder; default: the id it was loaded with, if it is a hub id)."
+        },
+    )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the model card (default: the base model's, read from its local card; else none)."},
     )
     distillation_weight: float = field(
         default=0.0, metadata={"help": "Weight of the distillation loss from the FP32 model (0 disables; 1 = distillation only)."}
@@ -445,8 +462,16 @@ class QATTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if results is None:
             results = self._results_from_logs(model)
-        base = base_model_of(model)
-        write_model_card(out, self.compression_ctrl, results, base_model=base, repo_id=repo_id)
+        base = self.args.base_model or base_model_of(model)
+        write_model_card(
+            out,
+            self.compression_ctrl,
+            results,
+            base_model=base,
+            repo_id=repo_id,
+            license=self.args.license or license_of(base_model_of(model)) or license_of(base),
+            layer_report_plot=SQNR_PLOT_NAME if (out / SQNR_PLOT_NAME).is_file() else None,
+        )
         return push_qat_folder(
             out,
             repo_id,
