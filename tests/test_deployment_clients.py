@@ -24,6 +24,8 @@ from hf_qat.onnx import OnnxRunner
 FIXTURES = Path(__file__).parent / "fixtures" / "clients"
 REPORT = json.loads((FIXTURES / "report.json").read_text())
 FOLDERS = {Path(f["folder"]).name: f for f in REPORT["folders"]}
+#: the text-classification folder pushed to the project's test hub, loaded by the clients by repo id
+HUB_REPORT = json.loads((FIXTURES / "report_hub.json").read_text())
 CLIENT_NAMES = ("optimum-intel", "optimum-intel f32", "optimum-onnx")
 
 
@@ -62,8 +64,23 @@ def test_causal_lm_loads_with_use_cache_false_only():
         assert c["loaded"] and c["ran"] and c["top1_agree"] == c["top1_total"] > 0
 
 
-def _hf_qat_logits(task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    report = FOLDERS[task]
+def test_clients_load_the_pushed_repo_by_id():
+    (pushed,) = HUB_REPORT["folders"]
+    assert pushed["folder"] == "test-user/text-classification" and HUB_REPORT["failures"] == []
+    clients = {c["client"]: c for c in pushed["clients"]}
+    for name in CLIENT_NAMES:
+        c = clients[name]
+        assert c["loaded"] and c["ran"] and c["warnings"] == [], c
+        assert c["file"] == ("openvino_model.xml" if name.startswith("optimum-intel") else "model.onnx")
+    ours, _ = _hf_qat_logits("text-classification", pushed)
+    for c in pushed["clients"]:
+        theirs = np.asarray(c["logits"])
+        assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+        assert np.abs(theirs - ours).max() <= (1e-4 if c["f32"] else 0.05) * max(float(np.abs(ours).max()), 1.0)
+
+
+def _hf_qat_logits(task: str, report: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    report = report or FOLDERS[task]
     runner = OnnxRunner(FIXTURES / task / "model.onnx")
     inputs = {k: np.asarray(v, dtype=np.float32 if k == "pixel_values" else np.int64) for k, v in report["inputs"].items()}
     return runner(inputs)["logits"], inputs

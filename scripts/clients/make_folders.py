@@ -3,7 +3,8 @@
 Runs in hf_qat's own environment (``python scripts/clients/make_folders.py DEST``): each task's tiny model (built
 from a config, saved with its tokenizer or image processor) goes through ``scripts/run_qat.py`` on a few generated
 rows, and the files a deployment client reads (:data:`CLIENT_FILES`) are copied to ``DEST/<task>``. With
-``--all-files`` the folders keep everything run_qat wrote (the checkpoint, card and results too).
+``--all-files`` the folders keep what a hub push holds (checkpoint, QAT files, card and plot too; no pickles), so that
+they can be pushed (``scripts/clients/hub_roundtrip.py``).
 """
 
 from __future__ import annotations
@@ -83,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             dest = args.dest / task
             shutil.rmtree(dest, ignore_errors=True)
             if args.all_files:
-                shutil.copytree(out, dest, ignore=shutil.ignore_patterns("checkpoint-*"))
+                from hf_qat.core.layout import TRANSFORMERS_LAYOUT
+
+                dest.mkdir(parents=True)
+                for pattern in TRANSFORMERS_LAYOUT.pushed:
+                    for path in out.glob(pattern):
+                        if path.is_file():
+                            shutil.copy2(path, dest / path.name)
             else:
                 dest.mkdir(parents=True)
                 for name in CLIENT_FILES:

@@ -40,6 +40,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import os
 import sys
 import tempfile
 import traceback
@@ -201,8 +202,9 @@ def loaded_file(model: Any, folder: Path) -> str:
     if path is None:
         save_dir = model.model_save_dir
         path = Path(save_dir.name if isinstance(save_dir, tempfile.TemporaryDirectory) else save_dir) / "openvino_model.xml"
-    path = Path(path).resolve()
-    return str(path.relative_to(folder.resolve())) if path.is_relative_to(folder.resolve()) else str(path)
+    # absolute, not resolved: a hub download's files are symlinks from the snapshot folder into the cache's blobs
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
 
 
 def run_client(
@@ -247,14 +249,15 @@ def client_classes(task: str, clients: list[str]) -> dict[str, Any]:
     return out
 
 
-def referee_folder(folder: Path, task: str, clients: list[str]) -> dict[str, Any]:
+def referee_folder(folder: Path, task: str, clients: list[str], source: str | None = None) -> dict[str, Any]:
+    """Referee one folder; ``source`` (a hub repo id whose download ``folder`` is) is what the clients load instead."""
     import onnxruntime as ort
 
     classes = client_classes(task, clients)
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     feed, ref_feed = make_feeds(folder, task, session)
     ref = session.run(["logits"], ref_feed)[0]
-    where = str(folder)
+    where = source or str(folder)
     # (name, class, extra from_pretrained arguments, runs in f32)
     plan: list[tuple[str, Any, dict[str, Any], bool]] = []
     if "ov" in classes:
@@ -305,12 +308,23 @@ def main(argv: list[str] | None = None) -> int:
         "--clients", default="ov,ort", help="comma-separated: ov (optimum-intel), ort (optimum-onnx); default both"
     )
     parser.add_argument(
+        "--hub-endpoint",
+        default=None,
+        help="the positional arguments are repo ids on this hub (HF_ENDPOINT; a token in HF_TOKEN): the clients load "
+        "the repo id itself, the reference a download of it",
+    )
+    parser.add_argument(
         "--save-outputs",
         action="store_true",
         help="keep the inputs, the reference logits and each client's logits in the --json report (folders are "
         "then named relative to the report's folder)",
     )
     args = parser.parse_args(argv)
+    if args.hub_endpoint:  # before huggingface_hub is imported: it reads these once
+        os.environ.update(HF_ENDPOINT=args.hub_endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+        os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_qat_referee_home_"))
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.pop(key, None)
 
     versions = {}
     for package in PACKAGES:
@@ -321,8 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     print("versions: " + " ".join(f"{k}={v}" for k, v in versions.items()))
     reports, failures = [], []
     for folder in args.folders:
+        source = None
         try:
-            report = referee_folder(folder, folder_task(folder, args.task), args.clients.split(","))
+            if args.hub_endpoint:
+                from huggingface_hub import snapshot_download
+
+                source, folder = str(folder), Path(snapshot_download(str(folder)))
+            report = referee_folder(folder, folder_task(folder, args.task), args.clients.split(","), source)
         except Exception as e:  # no tokenizer, no model.onnx, ...: the folder fails, the others run
             traceback.print_exc(limit=3, file=sys.stderr)
             failures.append(f"{folder}: cannot referee: {type(e).__name__}: {e}")
@@ -330,17 +349,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{folder} | {failures[-1]}")
             continue
         for r in report["clients"]:
-            print(line(str(folder), r))
+            print(line(source or str(folder), r))
             for w in r.warnings:
                 print(f"    warning: {w[:300]}")
             failures += [f"{folder}: {f}" for f in r.failures()]
         clients = [asdict(r) for r in report["clients"]]
-        if args.save_outputs and args.json:
-            report["folder"] = str(Path(report["folder"]).resolve().relative_to(args.json.resolve().parent))
-        else:
+        if not (args.save_outputs and args.json):
             report = {k: v for k, v in report.items() if k not in ("inputs", "reference_logits")}
             for c in clients:
                 c.pop("logits")
+        elif source is None:
+            report["folder"] = str(Path(report["folder"]).resolve().relative_to(args.json.resolve().parent))
         reports.append({**report, "clients": clients})
     if args.json:
         report_json = {"versions": versions, "folders": reports, "failures": failures}
