@@ -103,10 +103,20 @@ def check_outputs(out: Path, results: dict):
         "compression_state.json",
         "nncf_config.json",
         "model.onnx",
+        "openvino_model.xml",
+        "openvino_model.bin",
         "README.md",
         "qat_results.json",
     ):
         assert (out / name).exists(), name
+    # one ONNX file for ONNX clients to find (the FP32 reference is measured, not saved)
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.onnx")] == ["model.onnx"]
+    ov = results["openvino"]
+    assert ov["checks"]["f32"]["ok"] and ov["checks"]["f32"]["top1_agreement"] >= 0.9
+    assert ov["integer_weight_constants"] >= ov["onnx_integer_weights"] > 0
+    assert {"f32", "default"} == set(ov["checks"])
+    rows = results["layer_report"]["rows"]
+    assert rows and all(r["scope"] for r in rows)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "hf_qat"
     assert results["onnx_file_size"]["int8"] < results["onnx_file_size"]["fp32"]

@@ -202,6 +202,11 @@ def test_builtin_default_run(tmp_path):
     v = results["values"]
     assert results["train_samples"] + results["eval_samples"] == 198
     assert v["fp32"] >= 0.8 and v["int8_onnx"] >= v["fp32"] - 0.1
+    card = (out / "README.md").read_text()
+    # the packaged copy of the hub model: its hub id and its own card's license, never the local path
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card and "license: apache-2.0" in card
+    assert "site-packages" not in card and "<user>" not in card
+    assert "OVModelForSequenceClassification" in card and "![" in card and (out / "sqnr.png").is_file()
 
 
 @pytest.mark.slow
