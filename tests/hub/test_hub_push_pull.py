@@ -101,6 +101,28 @@ def test_bare_api_push_with_model_card(hub):
     assert torch.equal(logits(model, batches[0]), logits(pulled, batches[0]))
 
 
+def test_push_without_ir_when_openvino_cannot_convert(hub, monkeypatch, caplog):
+    """A model OpenVINO cannot convert is still pushed (checkpoint, model.onnx), without an IR and saying why."""
+    import logging
+
+    from hf_qat.onnx import openvino as ov_module
+
+    def refuse(*args, **kwargs):
+        raise hf_qat.ExportError("OpenVINO could not convert model.onnx: unsupported operation Foo")
+
+    monkeypatch.setattr(ov_module, "convert_to_openvino", refuse)
+    batches = [inputs_of(b) for b in text_batches()]
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
+    ctrl, model = create_compressed_model(tiny_bert(), config)
+    with caplog.at_level(logging.WARNING, logger="hf_qat"):
+        hf_qat.push_to_hub(model, ctrl, "test-user/no-ir")
+    files = hub.files("test-user/no-ir")
+    assert "model.onnx" in files and "model.safetensors" in files
+    assert not any(f.startswith("openvino_model") for f in files)
+    assert any("holds no OpenVINO IR" in r.getMessage() and "Foo" in r.getMessage() for r in caplog.records)
+    assert "OVModelFor" not in files["README.md"].decode()  # the card offers no IR it does not have
+
+
 def test_pull_reads_only_json_and_safetensors(hub):
     batches = [inputs_of(b) for b in text_batches()]
     config = register_default_init_args(NNCFConfig.from_dict(quant_config()), batches)
