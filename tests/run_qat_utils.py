@@ -115,6 +115,10 @@ def check_outputs(out: Path, results: dict):
     assert ov["checks"]["f32"]["ok"] and ov["checks"]["f32"]["top1_agreement"] >= 0.9
     assert ov["integer_weight_constants"] >= ov["onnx_integer_weights"] > 0
     assert {"f32", "default"} == set(ov["checks"])
+    timings = results["timings_s"]  # every phase timed, in run order, summing to about the total
+    assert list(timings)[:2] == ["load", "fp32_evaluation"] or list(timings)[:2] == ["load", "fp32_finetune"]
+    assert {"compression", "training", "onnx_export", "openvino", "layer_report", "card", "total"} <= set(timings)
+    assert 0.8 * timings["total"] <= sum(v for k, v in timings.items() if k != "total") <= timings["total"]
     rows = results["layer_report"]["rows"]
     assert rows and all(r["scope"] for r in rows)
     config = json.loads((out / "config.json").read_text())

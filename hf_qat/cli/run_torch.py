@@ -5,6 +5,7 @@ image-classification, causal-lm."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -32,7 +33,7 @@ from ..transformers.trainer import QATTrainer, QATTrainingArguments
 from ..utils.io import atomic_write_text
 from .args import BUILTIN_HUB_ID, DataArguments, ModelArguments, RunError
 from .data import check_push, load_data
-from .summary import onnx_latency, summary_table
+from .summary import onnx_latency, phase_line, summary_table
 
 __all__ = ["run"]
 
@@ -72,6 +73,7 @@ def run(
     except TaskDataError as e:
         raise RunError(str(e)) from None
     model = load_model(model_args.model_name, task, label_info, processor)
+    phases = {"load": time.perf_counter() - started}
     out = Path(training_args.output_dir)
     torch.manual_seed(training_args.seed)
     nncf_ckpt = _read_nncf_checkpoint(model_args.nncf_checkpoint, model, training_args) if model_args.nncf_checkpoint else None
@@ -103,8 +105,10 @@ def run(
     )
     if model_args.finetune_fp32_epochs > 0:
         logger.info("run_qat: fine-tuning the FP32 model for %s epoch(s)", model_args.finetune_fp32_epochs)
-        fp32_trainer.train()
-    fp32_metrics = fp32_trainer.evaluate(metric_key_prefix="fp32")
+        with timed(phases, "fp32_finetune"):
+            fp32_trainer.train()
+    with timed(phases, "fp32_evaluation"):
+        fp32_metrics = fp32_trainer.evaluate(metric_key_prefix="fp32")
     fp32_model = copy.deepcopy(model).eval()
     fp32_tmp.cleanup()
 
@@ -117,7 +121,8 @@ def run(
         if isinstance(config, str):
             config = NNCFConfig.from_json(config)
         try:
-            ctrl, model = restore_nncf_checkpoint(model, nncf_ckpt, config, example_input=example)
+            with timed(phases, "compression"):
+                ctrl, model = restore_nncf_checkpoint(model, nncf_ckpt, config, example_input=example)
         except CompressionStateError as e:
             raise RunError(f"--nncf_checkpoint {model_args.nncf_checkpoint}: {e}") from None
         logger.info("run_qat: restored %d quantizers from %s", len(ctrl.quantizers), model_args.nncf_checkpoint)
@@ -132,8 +137,10 @@ def run(
         processing_class=processor,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    int8_metrics = trainer.evaluate(metric_key_prefix="int8")
-    trainer.save_model(str(out), _internal_call=True)  # the push (one commit) comes at the end
+    with timed(phases, "int8_evaluation"):
+        int8_metrics = trainer.evaluate(metric_key_prefix="int8")
+    with timed(phases, "save"):
+        trainer.save_model(str(out), _internal_call=True)  # the push (one commit) comes at the end
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():  # several processes: the main one exports, reports and pushes
         return {}
@@ -144,7 +151,7 @@ def run(
         example = {k: v.cpu() for k, v in example.items() if k != "labels"}
         # the FP32 reference only gives the size and latency ratios: it is not saved, so that ONNX clients
         # (optimum's ORTModelFor*) find one ONNX file in the folder, the INT8 one
-        with tempfile.TemporaryDirectory(prefix="hf_qat_fp32_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="hf_qat_fp32_") as tmp, timed(phases, "fp32_reference"):
             fp32_onnx = export_onnx(fp32_model, Path(tmp) / ONNX_NAME, example)
             sizes = {"fp32": fp32_onnx.file_size, "int8": trainer.onnx_result.file_size}
             feed = {k: _pad_to(v[:1].cpu(), model_args.max_seq_length).numpy() for k, v in example.items()}
@@ -193,11 +200,12 @@ def run(
         "eval_samples": len(processed["validation"]),
         "wall_time_s": time.perf_counter() - started,
     }
-    plot = _layer_report(trainer, fp32_model, results, out)
-    atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
+    with timed(phases, "layer_report"):
+        plot = _layer_report(trainer, fp32_model, results, out)
     if training_args.base_model is None and builtin:
         training_args.base_model = BUILTIN_HUB_ID  # the built-in run loads the hub model's packaged copy
     base_model = training_args.base_model or model_args.model_name
+    card_started = time.perf_counter()
     write_model_card(
         out,
         trainer.compression_ctrl,
@@ -207,8 +215,13 @@ def run(
         license=training_args.license or license_of(model_args.model_name) or license_of(base_model),
         layer_report_plot=plot,
     )
+    phases["card"] = time.perf_counter() - card_started
+    results["timings_s"] = {**_ordered_phases(phases, trainer.timings), "total": round(time.perf_counter() - started, 3)}
+    results["wall_time_s"] = results["timings_s"]["total"]
+    atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
 
     lines = summary_table(task.name, metric, values, sizes, latency, "PyTorch", model_args.max_seq_length)
+    lines.append(phase_line(results["timings_s"]))
     lines.append(
         f"\nSaved to {out} ({results['wall_time_s']:.0f} s): model.safetensors, compression_state.json, "
         f"nncf_config.json{', model.onnx' if sizes else ''}"
@@ -219,6 +232,26 @@ def run(
         info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
         print(f"Pushed to {getattr(info, 'commit_url', None) or training_args.hub_model_id}")
     return results
+
+
+#: phases in the order a run goes through them (``qat_results.json`` → ``timings_s``)
+PHASES = ("load", "fp32_finetune", "fp32_evaluation", "compression", "training", "onnx_export", "openvino",
+          "int8_evaluation", "save", "onnx_evaluation", "fp32_reference", "layer_report", "card")  # fmt: skip
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str):
+    """Add the wall seconds of the block to ``phases[name]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _ordered_phases(own: dict[str, float], trainer: dict[str, float]) -> dict[str, float]:
+    merged = {**own, **trainer}
+    return {k: round(merged[k], 3) for k in PHASES if k in merged}
 
 
 #: evaluation batches the per-layer report runs on (each runs the FP32 and the QAT model once)

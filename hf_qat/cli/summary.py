@@ -8,7 +8,7 @@ from typing import Any
 
 from ..onnx.runtime import OnnxRunner
 
-__all__ = ["onnx_latency", "summary_table"]
+__all__ = ["onnx_latency", "summary_table", "phase_line"]
 
 
 def onnx_latency(paths: dict[str, str], feed: dict[str, Any], runs: int) -> dict[str, float]:
@@ -50,3 +50,8 @@ def summary_table(
             f"{latency['int8'] * 1e3:.2f} ({latency['int8'] / latency['fp32']:.2f}x) |"
         )
     return lines
+
+
+def phase_line(timings: dict[str, float]) -> str:
+    """``Time (s): load 3.1, fp32_finetune 12.0, ..., total 61.2`` (the run's phases, as in ``qat_results.json``)."""
+    return "\nTime (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())

@@ -12,10 +12,12 @@ evaluation, logging, checkpoint rotation, ``push_to_hub``) is the Trainer's own.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import pickle
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,9 @@ class QATTrainer(Trainer):
         #: the OpenVINO IR beside the exported ONNX file (``None``: not converted; see ``openvino_error``)
         self.openvino_result = None
         self.openvino_error: str | None = None
+        #: wall seconds of each phase this trainer ran (``compression`` with calibration, ``training``,
+        #: ``onnx_export``, ``openvino``, ``onnx_evaluation``); a phase run again adds up
+        self.timings: dict[str, float] = {}
         if self.compression_ctrl is not None:
             self._attach(self.compression_ctrl)
 
@@ -210,11 +215,23 @@ class QATTrainer(Trainer):
         self.model._hf_qat_ctrl = ctrl
         self.add_callback(CompressionSchedulerCallback(ctrl))
 
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
+
     def compress(self, compression_state: dict | None = None) -> QATTrainer:
         """Compress ``self.model`` now (idempotent). Without ``compression_state`` the ranges are
         initialised on batches of the train dataloader."""
         if self.compression_ctrl is not None:
             return self
+        with self._timed("compression"):
+            return self._compress(compression_state)
+
+    def _compress(self, compression_state: dict | None) -> QATTrainer:
         config = copy.deepcopy(self.nncf_config)
         if "compression" in config:  # the trainer runs the distillation itself
             config["compression"] = without_distillation(config)["compression"]
@@ -247,9 +264,13 @@ class QATTrainer(Trainer):
                 )
             self.compress(compression_state=state)
         try:
-            output = super().train(
-                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
-            )
+            with self._timed("training"):
+                output = super().train(
+                    resume_from_checkpoint=resume_from_checkpoint,
+                    trial=trial,
+                    ignore_keys_for_eval=ignore_keys_for_eval,
+                    **kwargs,
+                )
         except pickle.UnpicklingError as e:  # transformers reads optimizer/scheduler/RNG pickles with weights_only=True
             raise CompressionStateError(
                 f"resume_from_checkpoint: a pickled file in {resume_from_checkpoint} (optimizer.pt, scheduler.pt, "
@@ -540,7 +561,8 @@ class QATTrainer(Trainer):
         default_file = path == Path(self.args.output_dir) / ONNX_NAME
         if default_file:
             remove_openvino_files(path.parent)  # an IR of an earlier model must not sit beside the new file
-        self.onnx_result = export_onnx(model, path, example, **kwargs)
+        with self._timed("onnx_export"):
+            self.onnx_result = export_onnx(model, path, example, **kwargs)
         self._onnx_step = self.state.global_step
         logger.info("hf_qat: %s", self.onnx_result)
         if default_file and self.args.export_openvino:
@@ -561,7 +583,8 @@ class QATTrainer(Trainer):
         try:
             from ..onnx.openvino import convert_to_openvino
 
-            self.openvino_result = convert_to_openvino(self.onnx_result.path, inputs=self.onnx_result.inputs)
+            with self._timed("openvino"):
+                self.openvino_result = convert_to_openvino(self.onnx_result.path, inputs=self.onnx_result.inputs)
         except (ImportError, ExportError) as e:
             self.openvino_error = str(e)
             remove_openvino_files(Path(self.onnx_result.path).parent)
@@ -597,4 +620,7 @@ class QATTrainer(Trainer):
             else (self.onnx_result.path if self.onnx_result else Path(self.args.output_dir) / ONNX_NAME)
         )
         model = self.accelerator.unwrap_model(self.model)
-        return evaluate_onnx_file(path, model, self._unsharded_eval_loader(eval_dataset), self.compute_metrics, metric_key_prefix)
+        with self._timed("onnx_evaluation"):
+            return evaluate_onnx_file(
+                path, model, self._unsharded_eval_loader(eval_dataset), self.compute_metrics, metric_key_prefix
+            )
