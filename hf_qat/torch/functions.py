@@ -26,6 +26,7 @@ import math
 import os
 
 import torch
+import torch.fx.experimental._config as _fx_config
 
 __all__ = [
     "fake_quantize_symmetric",
@@ -122,18 +123,25 @@ def _run_compiled(name: str, args: tuple):
     if layout is None:
         return None
     shape3, pshape3 = layout, (1, layout[1], 1)
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+    # no duck sizing: a hidden size that happens to equal another dimension must not become a guard
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT), _fx_config.patch(use_duck_shape=False):
         return _call_compiled(name, args, shape3, pshape3)
+
+
+def _flat(t: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``t`` viewed as ``shape``, detached: a tensor without ``_base`` (dynamo guards on a view's base, whose rank
+    and strides differ from call to call, and would compile the kernel again for each)."""
+    return t.contiguous().view(shape).detach()
 
 
 def _call_compiled(name: str, args: tuple, shape3: tuple[int, int, int], pshape3: tuple[int, int, int]):
     if name == "forward":
         xd, *params, ll, lh = args
-        out = _compiled(name)(xd.contiguous().view(shape3), *(p.reshape(pshape3) for p in params), ll, lh)
+        out = _compiled(name)(_flat(xd, shape3), *(_flat(p, pshape3) for p in params), ll, lh)
         return out.view(xd.shape)
     g, x, *params, ll, lh, _reduce_dims, need_x = args
     grad_x, grad_range, grad_outside = _compiled(name)(
-        g.contiguous().view(shape3), x.contiguous().view(shape3), *(p.reshape(pshape3) for p in params), ll, lh, [0, 2], need_x
+        _flat(g, shape3), _flat(x, shape3), *(_flat(p, pshape3) for p in params), ll, lh, [0, 2], need_x
     )
     return (None if grad_x is None else grad_x.view(x.shape)), grad_range, grad_outside
 
@@ -141,7 +149,15 @@ def _call_compiled(name: str, args: tuple, shape3: tuple[int, int, int], pshape3
 def _run(name: str, numel: int, *args):
     global _compile_failed
     eager = _forward_kernel if name == "forward" else _backward_kernel
-    if numel >= COMPILE_MIN_NUMEL and kernels_compiled() and not torch.jit.is_scripting() and not _is_exporting():
+    if (
+        numel >= COMPILE_MIN_NUMEL
+        and kernels_compiled()
+        and not torch.jit.is_scripting()
+        and not _is_exporting()
+        # under a torch-function mode (hf_qat's tracer while compressing) eager: a graph compiled there would
+        # guard on the mode and be compiled again for training
+        and not torch._C._is_torch_function_mode_enabled()
+    ):
         try:
             out = _run_compiled(name, args)
             if out is not None:

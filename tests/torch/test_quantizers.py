@@ -166,3 +166,31 @@ def test_quantizer_grid_is_the_contract_grid_forward_computes_on(mode, per_chann
     codes = np.rint(out / step) + zp  # every output is a level of the grid
     np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)
     assert codes.min() >= grid.level_low and codes.max() <= grid.level_high
+
+
+def test_kernels_compile_once_per_granularity_whatever_the_shapes(monkeypatch):
+    """A QAT model over batches of changing sequence length, ranks and channel counts (tiny BERT: 2D weights, 3D
+    activations, 4D attention products, per-channel and per-tensor) compiles each kernel at most twice: once for
+    per-channel and once for per-tensor quantizers. Before, views' bases, duck-sized dimensions and the tracer's
+    torch-function mode each cost another graph (10 recompiles on all-MiniLM-L6-v2's first step)."""
+    if not functions.kernels_compiled():
+        pytest.skip("compiled kernels disabled")
+    from testing_utils import inputs_of, quant_config, text_batches, tiny_bert
+
+    import hf_qat
+
+    monkeypatch.setattr(functions, "COMPILE_MIN_NUMEL", 0)  # compile for the tiny model's tensors too
+    torch._dynamo.reset()
+    functions._compiled.cache_clear()
+    batches = [inputs_of(b) for b in text_batches()]
+    config = hf_qat.register_default_init_args(hf_qat.NNCFConfig.from_dict(quant_config()), batches)
+    ctrl, model = hf_qat.create_compressed_model(tiny_bert(), config)  # traced under a torch-function mode
+    model.train()
+    for seq in (7, 12, 9, 16):
+        batch = {k: v[:, :seq] for k, v in batches[0].items()}
+        model(**batch).logits.square().mean().backward()
+    counts = {
+        name: len(torch._dynamo.eval_frame._debug_get_cache_entry_list(kernel.__code__))  # graphs compiled
+        for name, kernel in (("forward", functions._forward_kernel), ("backward", functions._backward_kernel))
+    }
+    assert 1 <= counts["forward"] <= 2 and 1 <= counts["backward"] <= 2, counts
