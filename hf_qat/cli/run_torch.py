@@ -198,24 +198,22 @@ def run(
         "world_size": training_args.world_size,
         "train_samples": len(processed["train"]),
         "eval_samples": len(processed["validation"]),
-        "wall_time_s": time.perf_counter() - started,
     }
     with timed(phases, "layer_report"):
         plot = _layer_report(trainer, fp32_model, results, out)
     if training_args.base_model is None and builtin:
         training_args.base_model = BUILTIN_HUB_ID  # the built-in run loads the hub model's packaged copy
     base_model = training_args.base_model or model_args.model_name
-    card_started = time.perf_counter()
-    write_model_card(
-        out,
-        trainer.compression_ctrl,
-        results,
-        base_model=base_model,
-        dataset=data_args.dataset_name,
-        license=training_args.license or license_of(model_args.model_name) or license_of(base_model),
-        layer_report_plot=plot,
-    )
-    phases["card"] = time.perf_counter() - card_started
+    with timed(phases, "card"):
+        write_model_card(
+            out,
+            trainer.compression_ctrl,
+            results,
+            base_model=base_model,
+            dataset=data_args.dataset_name,
+            license=training_args.license or license_of(model_args.model_name) or license_of(base_model),
+            layer_report_plot=plot,
+        )
     results["timings_s"] = {**_ordered_phases(phases, trainer.timings), "total": round(time.perf_counter() - started, 3)}
     results["wall_time_s"] = results["timings_s"]["total"]
     atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))

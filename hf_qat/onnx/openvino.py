@@ -277,7 +277,7 @@ def _verify(xml: Path, onnx_path: Path, inputs: Sequence[Mapping[str, np.ndarray
     for precision, config in (("f32", {"INFERENCE_PRECISION_HINT": "f32"}), ("default", {})):
         try:
             actual, used = _run_ir(xml, batches, runner.output_names, config)
-        except ExportError:
+        except ExportError:  # already says what is wrong
             raise
         except Exception as e:
             raise ExportError(f"OpenVINO could not run the IR of {onnx_path}: {type(e).__name__}: {str(e)[:400]}") from e
