@@ -35,6 +35,7 @@ __all__ = [
     "asymmetric_grid",
     "tune_range",
     "kernels_compiled",
+    "recompute_fake_quantized",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def _call_compiled(name: str, args: tuple, shape3: tuple[int, int, int], pshape3
     if name == "forward":
         xd, *params, ll, lh = args
         out = _compiled(name)(_flat(xd, shape3), *(_flat(p, pshape3) for p in params), ll, lh)
-        return out.view(xd.shape)
+        return out.view(xd.shape).detach()  # not a view: autograd returns it as the output itself
     g, x, *params, ll, lh, _reduce_dims, need_x = args
     grad_x, grad_range, grad_outside = _compiled(name)(
         _flat(g, shape3), _flat(x, shape3), *(_flat(p, pshape3) for p in params), ll, lh, [0, 2], need_x
@@ -174,6 +175,53 @@ def _as_param_shape(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return grad.reshape(param.shape).to(param.dtype)
 
 
+class _Recompute:
+    """What a saved fake-quantized tensor is recomputed from in backward (see :func:`recompute_fake_quantized`)."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, args: tuple):
+        self.args = args
+
+    def __call__(self) -> torch.Tensor:
+        with torch.no_grad():
+            return _run("forward", self.args[0].numel(), *self.args)
+
+
+class _RecomputeView:
+    """A view (``F.linear`` flattens its input, transposes its weight) of a recomputed fake-quantized tensor."""
+
+    __slots__ = ("base", "size", "stride", "offset")
+
+    def __init__(self, base: _Recompute, t: torch.Tensor):
+        self.base, self.size, self.stride, self.offset = base, t.size(), t.stride(), t.storage_offset()
+
+    def __call__(self) -> torch.Tensor:
+        return self.base().as_strided(self.size, self.stride, self.offset)
+
+
+def _pack(t: torch.Tensor):
+    base = t if t._base is None else t._base
+    info = getattr(base, "_hf_qat_recompute", None)
+    # only the output as forward made it: a tensor changed in place since then is saved as it is
+    if info is None or info[1] != base._version:
+        return t
+    return info[0] if base is t else _RecomputeView(info[0], t)
+
+
+def _unpack(saved):
+    return saved() if isinstance(saved, (_Recompute, _RecomputeView)) else saved
+
+
+def recompute_fake_quantized():
+    """A context in which an operation that saves a fake-quantized tensor for its backward (``F.linear`` saves
+    its input and weight) keeps instead what the tensor is computed from: the quantizer's input, which the
+    fake quantization saves anyway, and its grid. Backward recomputes the tensor with the same kernel, bit
+    for bit, so a quantized layer keeps one full-precision activation for backward, as its float layer does,
+    instead of two."""
+    return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+
+
 class _FakeQuantize(torch.autograd.Function):
     """Shared forward/backward; ``mode_symmetric`` selects which range parameters get gradients."""
 
@@ -183,8 +231,11 @@ class _FakeQuantize(torch.autograd.Function):
         # serve as gradient targets; low/high/step/zp are derived from them (detached).
         xd = x.detach()
         inv_step = 1.0 / step
-        out = _run("forward", x.numel(), xd, inv_step.to(x.dtype), step.to(x.dtype), zp.to(x.dtype), ll, lh)
+        args = (xd, inv_step.to(x.dtype), step.to(x.dtype), zp.to(x.dtype), ll, lh)
+        out = _run("forward", x.numel(), *args)
         ctx.save_for_backward(xd, range_a, range_b, low, high, step, zp)
+        if x.requires_grad or range_a.requires_grad or range_b.requires_grad:  # training: see recompute_fake_quantized
+            out._hf_qat_recompute = (_Recompute(args), out._version)
         ctx.levels = (ll, lh)
         ctx.symmetric = symmetric
         return out

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .functions import recompute_fake_quantized
 from .quantizers import BaseQuantizer
 
 __all__ = [
@@ -221,12 +222,18 @@ class NNCFLinear(QuantizedLayerMixin, nn.Linear):
     """``nn.Linear`` with fake-quantized weight (per output channel) and input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._hf_qat_quantize_output(F.linear(self._hf_qat_quantize_input(x), self._hf_qat_weight(), self.bias))
+        x, w = self._hf_qat_quantize_input(x), self._hf_qat_weight()
+        with recompute_fake_quantized():
+            y = F.linear(x, w, self.bias)
+        return self._hf_qat_quantize_output(y)
 
 
 class _NNCFConvNd(QuantizedLayerMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._hf_qat_quantize_output(self._conv_forward(self._hf_qat_quantize_input(x), self._hf_qat_weight(), self.bias))
+        x, w = self._hf_qat_quantize_input(x), self._hf_qat_weight()
+        with recompute_fake_quantized():
+            y = self._conv_forward(x, w, self.bias)
+        return self._hf_qat_quantize_output(y)
 
 
 @_register(LayerKind(nn.Conv1d, "conv1d", 0, "NNCFConv1d", True))

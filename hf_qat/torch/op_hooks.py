@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .functions import recompute_fake_quantized
 from .quantizers import BaseQuantizer
 from .tracing import op_name
 
@@ -152,7 +153,8 @@ class _OpHookMode(TorchFunctionMode):
         else:
             if inputs:
                 args, kwargs = quantize_inputs(args, kwargs, inputs)
-            out = func(*args, **kwargs)
+            with recompute_fake_quantized():  # matmul keeps the quantizers' inputs, not their outputs
+                out = func(*args, **kwargs)
         if output_quantizer is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
             out = output_quantizer(out)
         return out

@@ -1,3 +1,5 @@
+import collections
+
 import pytest
 import torch
 
@@ -196,3 +198,60 @@ def test_kernels_compile_once_per_granularity_whatever_the_shapes(monkeypatch):
         for name, kernel in (("forward", functions._forward_kernel), ("backward", functions._backward_kernel))
     }
     assert 1 <= counts["forward"] <= 4 and 1 <= counts["backward"] <= 2, counts
+
+
+def _tiny_qat_bert():
+    from testing_utils import inputs_of, quant_config, text_batches, tiny_bert
+
+    import hf_qat
+
+    batches = [inputs_of(b) for b in text_batches()]
+    config = hf_qat.register_default_init_args(hf_qat.NNCFConfig.from_dict(quant_config()), batches)
+    torch.manual_seed(0)
+    _, model = hf_qat.create_compressed_model(tiny_bert(), config)
+    return model.train(), batches[0]
+
+
+def test_quantized_layers_save_no_fake_quantized_copy_for_backward(monkeypatch):
+    """Linear, convolution and quantized matmul inputs are recomputed in backward from the quantizer's input (which
+    the fake quantization saves anyway): a quantized layer keeps one full-precision activation, as its float layer."""
+    model, batch = _tiny_qat_bert()
+    kinds = collections.Counter()
+    pack = functions._pack
+
+    def counting(t):
+        saved = pack(t)
+        base = t if t._base is None else t._base
+        if isinstance(saved, (functions._Recompute, functions._RecomputeView)):
+            kinds["recomputed"] += 1
+        elif hasattr(base, "_hf_qat_recompute"):
+            kinds["fake-quantized, kept"] += 1
+        return saved
+
+    monkeypatch.setattr(functions, "_pack", counting)
+    model(**batch).logits.square().mean().backward()
+    # inputs and weights of the 14 Linear layers, inputs of the attention products
+    assert kinds["recomputed"] >= 2 * 14 and kinds["fake-quantized, kept"] == 0, kinds
+
+
+@pytest.mark.parametrize("min_numel", [1 << 40, 0], ids=["eager", "compiled"])
+def test_recomputed_backward_is_bit_identical(monkeypatch, min_numel):
+    import contextlib
+
+    from hf_qat.torch import layers, op_hooks
+
+    if min_numel == 0 and not functions.kernels_compiled():
+        pytest.skip("compiled kernels disabled")
+    monkeypatch.setattr(functions, "COMPILE_MIN_NUMEL", min_numel)
+
+    def grads():
+        model, batch = _tiny_qat_bert()
+        model(**batch).logits.square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    recomputed = grads()
+    for module in (layers, op_hooks):
+        monkeypatch.setattr(module, "recompute_fake_quantized", contextlib.nullcontext)
+    kept = grads()
+    assert recomputed.keys() == kept.keys() and any("scale" in n for n in kept)
+    assert all(torch.equal(recomputed[n], kept[n]) for n in kept), [n for n in kept if not torch.equal(recomputed[n], kept[n])]
