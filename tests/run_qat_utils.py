@@ -119,6 +119,10 @@ def check_outputs(out: Path, results: dict):
     assert list(timings)[:2] == ["load", "fp32_evaluation"] or list(timings)[:2] == ["load", "fp32_finetune"]
     assert {"compression", "training", "onnx_export", "openvino", "layer_report", "card", "total"} <= set(timings)
     assert 0.8 * timings["total"] <= sum(v for k, v in timings.items() if k != "total") <= timings["total"]
+    steps = results["step_times_s"]  # the Trainer's own optimizer-step times, one per step
+    assert len(steps["qat"]) >= 1 and sum(steps["qat"]) <= timings["training"]
+    if "fp32_finetune" in timings:
+        assert len(steps["fp32"]) >= 1 and sum(steps["fp32"]) <= timings["fp32_finetune"]
     rows = results["layer_report"]["rows"]
     assert rows and all(r["scope"] for r in rows)
     config = json.loads((out / "config.json").read_text())

@@ -51,7 +51,7 @@ def test_suite_smoke(tmp_path):
         ]
     )
     text = out.read_text()
-    for heading in ("## Targets", "## 1. Training cost", "## 2. Accuracy", "## 3. Inference", "## 4. Scaling"):
+    for heading in ("## Targets", "## 1. Training cost", "## 2. Real runs", "## 3. Accuracy", "## 4. Inference", "## 5. Scaling"):
         assert heading in text
     assert "NNCF 3.4 QAT | skipped: no NNCF virtual environment" in text
     assert "torchao QAT | skipped" in text
@@ -60,7 +60,17 @@ def test_suite_smoke(tmp_path):
     assert results["skipped_sections"] == {}
     rows = {r["key"]: r for r in results["accuracy"]["rows"]}
     assert 0.0 <= rows["hf_qat_qat"]["accuracy"] <= 1.0 and "skipped" in rows["nncf_qat"]
-    assert results["training"]["models"][0]["rows"][1]["variant"] == "hf_qat"
+    variants = [r["variant"] for r in results["training"]["models"][0]["rows"]]
+    assert variants[:4] == ["fp32", "hf_qat", "hf_qat_linear", "torch_ao"], variants
+    linear = results["training"]["models"][0]["rows"][2]
+    assert linear["quantizers"]["activations"] < results["training"]["models"][0]["rows"][1]["quantizers"]["activations"]
+    seeds = rows["hf_qat_qat"]["seeds"]  # one accuracy per seed, the row holds their mean
+    assert len(seeds) == 2 and abs(rows["hf_qat_qat"]["accuracy"] - sum(x["accuracy"] for x in seeds) / 2) < 1e-12
+    run = results["runs"]["runs"][0]  # run_qat.py itself, in a child process, with its own step times
+    assert run["step_times_s"]["qat"] and run["step_times_s"]["fp32"] and run["timings_s"]["total"] <= run["wall_s"]
+    ev = results["runs"]["eval_export"]
+    assert ev["eval_s"]["qat"] > 0 and ev["export_s"] > ev["export_noverify_s"] > 0 and ev["graphs_timed"] == 0
+    assert "run_qat.py wall time, empty compile cache (tiny model)" in text and "QAT/FP32 step memory" in text
     ir = results["inference"]["openvino_ir"]  # the IR hf_qat saves, measured beside the FP32 model's
     assert ir["integer_weights"]["hf_qat_qat"] > 0 == ir["integer_weights"]["fp32"]
     assert ir["sizes_mib"]["hf_qat_qat"] < ir["sizes_mib"]["fp32"] and set(ir["latency_ms"]) == {"default", "f32"}

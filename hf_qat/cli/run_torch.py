@@ -29,7 +29,7 @@ from ..torch.nncf_restore import restore_nncf_checkpoint
 from ..transformers.checkpointing import check_checkpoint
 from ..transformers.evaluation import token_level_loss
 from ..transformers.tasks import TaskDataError, get_task, perplexity
-from ..transformers.trainer import QATTrainer, QATTrainingArguments
+from ..transformers.trainer import QATTrainer, QATTrainingArguments, StepTimer
 from ..utils.io import atomic_write_text
 from .args import BUILTIN_HUB_ID, DataArguments, ModelArguments, RunError
 from .data import check_push, load_data
@@ -103,6 +103,8 @@ def run(
         data_collator=collator,
         compute_metrics=compute_metrics,
     )
+    fp32_steps = StepTimer()
+    fp32_trainer.add_callback(fp32_steps)
     if model_args.finetune_fp32_epochs > 0:
         logger.info("run_qat: fine-tuning the FP32 model for %s epoch(s)", model_args.finetune_fp32_epochs)
         with timed(phases, "fp32_finetune"):
@@ -214,12 +216,16 @@ def run(
             license=training_args.license or license_of(model_args.model_name) or license_of(base_model),
             layer_report_plot=plot,
         )
+    results["step_times_s"] = {
+        "fp32": [round(t, 4) for t in fp32_steps.seconds],
+        "qat": [round(t, 4) for t in trainer.step_timer.seconds],
+    }
     results["timings_s"] = {**_ordered_phases(phases, trainer.timings), "total": round(time.perf_counter() - started, 3)}
     results["wall_time_s"] = results["timings_s"]["total"]
     atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
 
     lines = summary_table(task.name, metric, values, sizes, latency, "PyTorch", model_args.max_seq_length)
-    lines.append(phase_line(results["timings_s"]))
+    lines.append(phase_line(results["timings_s"], results["step_times_s"]))
     lines.append(
         f"\nSaved to {out} ({results['wall_time_s']:.0f} s): model.safetensors, compression_state.json, "
         f"nncf_config.json{', model.onnx' if sizes else ''}"

@@ -52,6 +52,13 @@ def summary_table(
     return lines
 
 
-def phase_line(timings: dict[str, float]) -> str:
-    """``Time (s): load 3.1, fp32_finetune 12.0, ..., total 61.2`` (the run's phases, as in ``qat_results.json``)."""
-    return "\nTime (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+def phase_line(timings: dict[str, float], step_times: dict[str, list[float]] | None = None) -> str:
+    """``Time (s): load 3.1, fp32_finetune 12.0, ..., total 61.2`` (the run's phases, as in ``qat_results.json``),
+    then the median optimizer step of each training (``step_times``: ``{"fp32": [...], "qat": [...]}``)."""
+    line = "\nTime (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    medians = {k: statistics.median(v) for k, v in (step_times or {}).items() if v}
+    if medians:
+        line += "\nMedian step (s): " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items())
+        if "fp32" in medians and "qat" in medians:
+            line += f" (QAT/FP32 {medians['qat'] / medians['fp32']:.2f})"
+    return line

@@ -20,7 +20,7 @@ require("transformers", feature="hf_qat.transformers")
 __getattr__, __dir__ = attach(
     __name__,
     {
-        "trainer": ["QATTrainer", "QATTrainingArguments", "CompressionSchedulerCallback"],
+        "trainer": ["QATTrainer", "QATTrainingArguments", "CompressionSchedulerCallback", "StepTimer"],
         "checkpointing": ["check_checkpoint"],
         "evaluation": ["evaluate_onnx_file", "token_level_loss"],
         "quantizer": ["HfQatConfig", "HfQatQuantizer", "register"],
@@ -33,6 +33,7 @@ __all__ = [
     "QATTrainer",
     "QATTrainingArguments",
     "CompressionSchedulerCallback",
+    "StepTimer",
     "check_checkpoint",
     "evaluate_onnx_file",
     "token_level_loss",

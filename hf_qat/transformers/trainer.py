@@ -116,6 +116,23 @@ class CompressionSchedulerCallback(TrainerCallback):
         self.ctrl.scheduler.step(state.global_step)
 
 
+class StepTimer(TrainerCallback):
+    """Wall seconds of every optimizer step, from ``on_step_begin`` to ``on_step_end`` (forward,
+    backward and the optimizer; not data loading), in ``seconds``."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._started: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._started is not None:
+            self.seconds.append(time.perf_counter() - self._started)
+            self._started = None
+
+
 def _resolve_config(value: Any, num_calibration_samples: int | None) -> NNCFConfig:
     if value is None:
         config = NNCFConfig.from_dict(default_nncf_config())
@@ -206,6 +223,9 @@ class QATTrainer(Trainer):
         #: wall seconds of each phase this trainer ran (``compression`` with calibration, ``training``,
         #: ``onnx_export``, ``openvino``, ``onnx_evaluation``); a phase run again adds up
         self.timings: dict[str, float] = {}
+        #: wall seconds of each optimizer step of ``train()`` (see :class:`StepTimer`)
+        self.step_timer = StepTimer()
+        self.add_callback(self.step_timer)
         if self.compression_ctrl is not None:
             self._attach(self.compression_ctrl)
 

@@ -1,4 +1,4 @@
-"""Section 3: inference latency and file size of FP32 ONNX, hf_qat INT8 ONNX and ONNX Runtime's
+"""Section 4: inference latency and file size of FP32 ONNX, hf_qat INT8 ONNX and ONNX Runtime's
 static INT8, in ONNX Runtime and OpenVINO (CPU), batch 1 and 32, sequence 128; and of the OpenVINO IR
 hf_qat saves (``openvino_model.xml``, converted from the INT8 ONNX) against the FP32 model's IR, in OpenVINO's
 default inference precision (bf16 on CPUs that have it) and in f32.
@@ -22,7 +22,7 @@ MODELS = (("fp32", "FP32 ONNX"), ("hf_qat_qat", "hf_qat INT8 ONNX"), ("ort_stati
 def export_untrained(
     work: Path, calibration_samples: int = 32, model: str = "minilm", exporter: str = "auto", **overrides
 ) -> dict[str, str]:
-    """FP32, hf_qat INT8 and ORT static INT8 files of an untrained classifier (when section 2 did not run)."""
+    """FP32, hf_qat INT8 and ORT static INT8 files of an untrained classifier (when section 3 did not run)."""
     from hf_qat import export_onnx
 
     from .accuracy import hf_qat_compress, ort_static_quantize

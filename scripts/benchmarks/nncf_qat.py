@@ -1,4 +1,4 @@
-"""Section 2 worker for NNCF (runs in NNCF's virtual environment): PTQ and QAT of the fine-tuned model.
+"""Section 3 worker for NNCF (runs in NNCF's virtual environment): PTQ and QAT of the fine-tuned model.
 
 Reads the FP32 model folder and the token batches the main process saved (calibration and QAT
 batches, so both libraries see exactly the same data), then:

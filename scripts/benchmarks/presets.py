@@ -1,4 +1,5 @@
-"""Run sizes of the suite: ``full`` (BENCHMARKS.md, under an hour on 2 CPU cores), ``quick`` (a
+"""Run sizes of the suite: ``full`` (BENCHMARKS.md, under 100 minutes on 2 CPU cores, about 70 once the
+fine-tuned FP32 model is cached), ``quick`` (a
 few minutes, fewer steps) and ``smoke`` (tiny random models, seconds; used by the test suite)."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .accuracy import AccuracyConfig
+from .runs import RunsConfig
 from .scaling import ScalingConfig
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2}
@@ -24,6 +26,7 @@ class TrainingConfig:
     steps: int = 5
     warmup: int = 2
     calibration_samples: int = 32
+    extra_threads: tuple = (2,)  # the first model again with these thread counts
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Preset:
     inference_batches: tuple = (1, 32)
     inference_seq_len: int = 128
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
 
 
 PRESETS = {
@@ -56,10 +60,26 @@ PRESETS = {
             steps=2,
             warmup=1,
             calibration_samples=8,
+            extra_threads=(),
+        ),
+        runs=RunsConfig(
+            run_qat_args=[
+                "--train_file", "<builtin:reviews>", "--finetune_fp32_epochs", "1", "--num_train_epochs", "1", "--max_train_samples", "32",
+                "--max_eval_samples", "16", "--latency_runs", "2", "--max_seq_length", "32",
+            ],  # fmt: skip
+            repeats=1,
+            tiny_model=True,
+            eval_model="bert",
+            eval_overrides=TINY,
+            eval_batches=4,
+            eval_batch_size=4,
+            eval_max_len=32,
+            calibration_samples=8,
         ),
         accuracy=AccuracyConfig(
             finetune_steps=3,
             qat_steps=2,
+            qat_seeds=(0, 1),
             batch_size=8,
             calibration_samples=16,
             model="bert",

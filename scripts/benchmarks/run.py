@@ -33,10 +33,11 @@ from .presets import PRESETS, Preset
 from .report import write_report
 from .workers import WorkerError, run_worker
 
-SECTIONS = ("training", "accuracy", "inference", "scaling")
+SECTIONS = ("training", "runs", "accuracy", "inference", "scaling")
 VARIANT_LABELS = {
     "fp32": "FP32",
     "hf_qat": "hf_qat QAT",
+    "hf_qat_linear": "hf_qat QAT, Linear only",
     "torch_ao": "torch.ao eager QAT",
     "nncf": "NNCF 3.4 QAT",
     "torchao": "torchao QAT",
@@ -50,7 +51,8 @@ VARIANT_NOTES = (
     "inputs of the attention products, embeddings). *torch.ao eager QAT*: `prepare_qat` with the x86 default QAT "
     "qconfig on every `nn.Linear` (fused observer+fake-quant kernels; per-channel weights, per-tensor activations at "
     "the Linear outputs; no attention products, no embeddings), the closest torch's own QAT comes to the same "
-    "scheme. *NNCF 3.4 QAT*: `nncf.quantize(model_type=TRANSFORMER)`, then training the returned model. "
+    "scheme. *hf_qat QAT, Linear only*: hf_qat with torch.ao's coverage (`ignored_scopes` drop the attention products "
+    "and embeddings: weights and inputs of the Linear layers), so that the kernels are compared like for like. *NNCF 3.4 QAT*: `nncf.quantize(model_type=TRANSFORMER)`, then training the returned model. "
     f"*torchao*: not run, {TORCHAO_REASON}."
 )
 
@@ -101,12 +103,19 @@ def set_threads(n: int) -> None:
 
 
 # -- sections -----------------------------------------------------------------------------------
-def run_training(preset: Preset, nncf: NncfEnv) -> dict:
+def run_training(preset: Preset, nncf: NncfEnv, threads: int | None) -> dict:
     cfg = preset.training
     out = {k: getattr(cfg, k) for k in ("batch_size", "seq_len", "steps", "warmup", "calibration_samples")}
     out.update(models=[], variant_notes=VARIANT_NOTES)
-    for name, label, overrides, steps_warmup in cfg.models:
-        log(f"  {label}")
+    passes = [(name, label, overrides, sw, None) for name, label, overrides, sw in cfg.models]
+    # the first model again with more threads (the targets hold at 1 and 2 threads)
+    more = [n for n in cfg.extra_threads if n != threads and n <= (os.cpu_count() or 1)]
+    if cfg.models and more:
+        name, label, overrides, sw = cfg.models[0]
+        passes += [(name, label, overrides, sw, n) for n in more]
+    for name, label, overrides, steps_warmup, n_threads in passes:
+        shown = label + (f", {n_threads} threads" if n_threads else "")
+        log(f"  {shown}")
         steps, warmup = steps_warmup or (cfg.steps, cfg.warmup)
         args = [
             "--model",
@@ -124,24 +133,32 @@ def run_training(preset: Preset, nncf: NncfEnv) -> dict:
         ]
         if overrides:
             args += ["--layers", str(overrides["num_hidden_layers"]), "--hidden", str(overrides["hidden_size"])]
+        env = {v: str(n_threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_QAT_BENCH_THREADS")} if n_threads else None
         rows = []
-        res = run_worker("training_cost", args + ["--variants", "fp32,hf_qat,torch_ao"], log=log)
-        out["threads"] = res["threads"]
+        res = run_worker("training_cost", args + ["--variants", "fp32,hf_qat,hf_qat_linear,torch_ao"], env=env, log=log)
         rows += _rows(res, "")
-        if nncf.python is None:
-            rows.append({"variant": "nncf", "label": VARIANT_LABELS["nncf"], "skipped": nncf.reason})
-        else:
-            try:
-                res = run_worker("training_cost", args + ["--variants", "fp32,nncf"], python=nncf.python, env=nncf.env, log=log)
-                rows += _rows(res, " (NNCF process)")
-            except WorkerError as e:
-                log(f"  {e}")
-                rows.append({"variant": "nncf", "label": VARIANT_LABELS["nncf"], "skipped": f"failed: {str(e).splitlines()[0]}"})
-        rows.append({"variant": "torchao", "label": VARIANT_LABELS["torchao"], "skipped": "not expressible (see below)"})
+        if n_threads is None:
+            out["threads"] = res["threads"]
+            if nncf.python is None:
+                rows.append({"variant": "nncf", "label": VARIANT_LABELS["nncf"], "skipped": nncf.reason})
+            else:
+                try:
+                    res = run_worker(
+                        "training_cost", args + ["--variants", "fp32,nncf"], python=nncf.python, env=nncf.env, log=log
+                    )
+                    rows += _rows(res, " (NNCF process)")
+                except WorkerError as e:
+                    log(f"  {e}")
+                    rows.append(
+                        {"variant": "nncf", "label": VARIANT_LABELS["nncf"], "skipped": f"failed: {str(e).splitlines()[0]}"}
+                    )
+            rows.append({"variant": "torchao", "label": VARIANT_LABELS["torchao"], "skipped": "not expressible (see below)"})
         for r in rows:
             if "median_s" in r:
                 log(f"  {r['label']}: {r['median_s']:.3f} s" + (f" (x{r['ratio']:.2f})" if "ratio" in r else ""))
-        out["models"].append({"name": name, "label": label, "rows": rows, "steps": steps, "warmup": warmup})
+        out["models"].append(
+            {"name": name, "label": shown, "rows": rows, "steps": steps, "warmup": warmup, "threads": res["threads"]}
+        )
     return out
 
 
@@ -159,8 +176,14 @@ def _rows(res: dict, fp32_suffix: str) -> list[dict]:
     return rows
 
 
-def _training_section(preset: Preset, nncf: NncfEnv, results: dict) -> None:
-    results["training"] = run_training(preset, nncf)
+def _training_section(preset: Preset, nncf: NncfEnv, results: dict, threads: int | None) -> None:
+    results["training"] = run_training(preset, nncf, threads)
+
+
+def _runs_section(preset: Preset, args, results: dict) -> None:
+    from .runs import run_runs
+
+    results["runs"] = run_runs(preset.runs, args.work_dir / "runs", log=log)
 
 
 def _accuracy_section(preset: Preset, nncf: NncfEnv, args, results: dict, state: dict) -> None:
@@ -183,7 +206,7 @@ def _inference_section(preset: Preset, args, results: dict, state: dict) -> None
     from .inference import export_untrained, run_inference
 
     files = state["files"]
-    source = "Files: the fine-tuned FP32 model, its hf_qat QAT INT8 export and ONNX Runtime's static INT8 of it (section 2)."
+    source = "Files: the fine-tuned FP32 model, its hf_qat QAT INT8 export and ONNX Runtime's static INT8 of it (section 3)."
     if files is None:
         acc_cfg = preset.accuracy
         files = export_untrained(
@@ -247,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
     timings: dict[str, float] = {}
     state: dict = {"files": None}
     steps = {
-        "training": lambda: _training_section(preset, nncf, results),
+        "training": lambda: _training_section(preset, nncf, results, args.threads),
+        "runs": lambda: _runs_section(preset, args, results),
         "accuracy": lambda: _accuracy_section(preset, nncf, args, results, state),
         "inference": lambda: _inference_section(preset, args, results, state),
         "scaling": lambda: _scaling_section(preset, results),

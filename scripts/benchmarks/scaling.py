@@ -1,4 +1,4 @@
-"""Section 4: how FP32 and QAT step time and hf_qat's calibration time grow with the number of
+"""Section 5: how FP32 and QAT step time and hf_qat's calibration time grow with the number of
 layers, the hidden size and the sequence length (BERT configs, random weights, MiniLM's shape
 as the centre point). Each point times FP32 and QAT steps in turns (:func:`.training_cost.measure`);
 calibration time is ``create_compressed_model`` with range init on the calibration samples.

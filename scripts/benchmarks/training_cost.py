@@ -24,19 +24,31 @@ import torch
 
 from .common import build_model, random_batches, time_alternating, train_step
 
-VARIANTS = ("fp32", "hf_qat", "torch_ao", "nncf")
+VARIANTS = ("fp32", "hf_qat", "hf_qat_linear", "torch_ao", "nncf")
+
+#: hf_qat with torch.ao eager mode's coverage: Linear layers only (no attention products, no embeddings)
+LINEAR_ONLY_SCOPES = ["{re}.*matmul_\\d+$", "{re}.*NNCFEmbedding\\[.*"]
 
 
-def prepare_hf_qat(model: torch.nn.Module, calibration: list[dict], num_samples: int) -> torch.nn.Module:
+def prepare_hf_qat(
+    model: torch.nn.Module, calibration: list[dict], num_samples: int, ignored_scopes: list[str] | None = None
+) -> torch.nn.Module:
     """hf_qat's default 8-bit QAT (NNCF legacy defaults), range init on ``num_samples`` samples."""
     from hf_qat import NNCFConfig, create_compressed_model, register_default_init_args
 
-    config = NNCFConfig.from_dict(
-        {"compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": num_samples}}}}
-    )
+    compression = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": num_samples}}}
+    if ignored_scopes:
+        compression["ignored_scopes"] = ignored_scopes
+    config = NNCFConfig.from_dict({"compression": compression})
     config = register_default_init_args(config, [{k: v for k, v in b.items() if k != "labels"} for b in calibration])
-    _, model = create_compressed_model(model, config)
+    ctrl, model = create_compressed_model(model, config)
+    model._bench_quantizers = (len(ctrl.weight_quantizers), len(ctrl.activation_quantizers))
     return model
+
+
+def prepare_hf_qat_linear(model: torch.nn.Module, calibration: list[dict], num_samples: int) -> torch.nn.Module:
+    """hf_qat restricted to torch.ao eager mode's coverage: weights and inputs of Linear layers only."""
+    return prepare_hf_qat(model, calibration, num_samples, LINEAR_ONLY_SCOPES)
 
 
 def prepare_torch_ao(model: torch.nn.Module, calibration: list[dict], num_samples: int) -> torch.nn.Module:
@@ -73,7 +85,12 @@ def prepare_nncf(model: torch.nn.Module, calibration: list[dict], num_samples: i
     return nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=num_samples)
 
 
-PREPARE: dict[str, Callable] = {"hf_qat": prepare_hf_qat, "torch_ao": prepare_torch_ao, "nncf": prepare_nncf}
+PREPARE: dict[str, Callable] = {
+    "hf_qat": prepare_hf_qat,
+    "hf_qat_linear": prepare_hf_qat_linear,
+    "torch_ao": prepare_torch_ao,
+    "nncf": prepare_nncf,
+}
 
 
 def measure(
@@ -114,6 +131,10 @@ def measure(
         "python": platform.python_version(),
         "variants": {v: {**stats[v].to_dict(), "setup_s": setup_s[v]} for v in variants},
     }
+    for v in variants:
+        counts = getattr(models[v], "_bench_quantizers", None)
+        if counts is not None:
+            result["variants"][v]["quantizers"] = {"weights": counts[0], "activations": counts[1]}
     if "nncf" in variants:
         import nncf
 

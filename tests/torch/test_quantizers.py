@@ -200,6 +200,33 @@ def test_kernels_compile_once_per_granularity_whatever_the_shapes(monkeypatch):
     assert 1 <= counts["forward"] <= 4 and 1 <= counts["backward"] <= 2, counts
 
 
+def test_evaluation_compiles_no_graph_per_shape(monkeypatch):
+    """Evaluating a fake-quantized model (``eval()``, no gradients) over batches of eight sequence lengths and three
+    batch sizes compiles the forward kernel a fixed number of times (per granularity, inside and outside the
+    attention-product mode), not once per shape: no recompilation storm on dynamically padded evaluation batches."""
+    if not functions.kernels_compiled():
+        pytest.skip("compiled kernels disabled")
+    from testing_utils import inputs_of, quant_config, text_batches, tiny_bert
+
+    import hf_qat
+
+    monkeypatch.setattr(functions, "COMPILE_MIN_NUMEL", 0)
+    torch._dynamo.reset()
+    functions._compiled.cache_clear()
+    batches = [inputs_of(b) for b in text_batches()]
+    config = hf_qat.register_default_init_args(hf_qat.NNCFConfig.from_dict(quant_config()), batches)
+    _, model = hf_qat.create_compressed_model(tiny_bert(), config)
+    model.eval()
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for rows in (1, 3, 4):
+            for seq in (7, 12, 9, 16, 5, 11, 14, 8):
+                model(**{k: v[:rows, :seq] for k, v in batches[0].items()})
+    graphs = len(torch._dynamo.eval_frame._debug_get_cache_entry_list(functions._forward_kernel.__code__))
+    new_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - frames_before
+    assert 1 <= graphs <= 4 and new_graphs <= 4, (graphs, new_graphs)
+
+
 def _tiny_qat_bert():
     from testing_utils import inputs_of, quant_config, text_batches, tiny_bert
 
