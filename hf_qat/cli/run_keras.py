@@ -29,7 +29,7 @@ from ..keras.trainer import KerasQATArguments, KerasQATTrainer  # noqa: E402
 from ..utils.io import atomic_write_text  # noqa: E402
 from .args import BUILTIN_HUB_ID, DataArguments, KerasRunArguments, ModelArguments, RunError  # noqa: E402
 from .data import check_push, load_data  # noqa: E402
-from .summary import onnx_latency, summary_table  # noqa: E402
+from .summary import onnx_latency, ordered_phases, phase_line, summary_table, timed  # noqa: E402
 
 __all__ = ["TASKS", "check_task", "run"]
 
@@ -77,6 +77,7 @@ def run(
     train_ds, eval_ds, label_names = make_datasets(splits, model, model_args, data_args, run_args)
     out = Path(qat_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    phases = {"load": time.perf_counter() - started}
 
     # -- FP32 -------------------------------------------------------------------------------
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -90,34 +91,45 @@ def run(
             "run_qat_tf: fine-tuning the FP32 model for %d epoch(s)",
             fp32_epochs,
         )
-        model.fit(train_ds, epochs=fp32_epochs, verbose=2)
-    fp32_accuracy = float(model.evaluate(eval_ds, return_dict=True, verbose=0)["accuracy"])
+        with timed(phases, "fp32_finetune"):
+            model.fit(train_ds, epochs=fp32_epochs, verbose=2)
+    with timed(phases, "fp32_evaluation"):
+        fp32_accuracy = float(model.evaluate(eval_ds, return_dict=True, verbose=0)["accuracy"])
     sizes, latency = {}, {}
     if not model_args.skip_export:
         # the FP32 reference only gives the size and latency ratios: not saved, so that ONNX clients find one file
         fp32_tmp = tempfile.TemporaryDirectory(prefix="hf_qat_fp32_")
         fp32_onnx = Path(fp32_tmp.name) / ONNX_NAME
-        sizes["fp32"] = export_float_onnx(model, fp32_onnx)
+        with timed(phases, "fp32_reference"):
+            sizes["fp32"] = export_float_onnx(model, fp32_onnx)
 
     # -- QAT ---------------------------------------------------------------------------------
     if model_args.skip_export:
         qat_args.export_formats = "frozen_graph"
     trainer = KerasQATTrainer(model, qat_args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss)
-    trainer.train()
-    int8_accuracy = trainer.evaluate()["eval_accuracy"]
-    exports = trainer.export()
+    with timed(phases, "compression"):
+        trainer.compress()
+    with timed(phases, "training"):
+        trainer.train()
+    with timed(phases, "int8_evaluation"):
+        int8_accuracy = trainer.evaluate()["eval_accuracy"]
+    with timed(phases, "export"):  # frozen graph, ONNX and OpenVINO IR, each verified
+        exports = trainer.export()
     onnx_metrics = {}
     if not model_args.skip_export:
-        onnx_metrics = trainer.evaluate_onnx()
+        with timed(phases, "onnx_evaluation"):
+            onnx_metrics = trainer.evaluate_onnx()
         sizes["int8"] = os.path.getsize(out / "model.onnx")
         feed = {k: v[:1] for k, v in feed_arrays(trainer.model, next(iter(eval_ds))[0]).items()}
-        latency = onnx_latency(
-            {"fp32": str(fp32_onnx), "int8": str(out / "model.onnx")},
-            feed,
-            model_args.latency_runs,
-        )
+        with timed(phases, "fp32_reference"):
+            latency = onnx_latency(
+                {"fp32": str(fp32_onnx), "int8": str(out / "model.onnx")},
+                feed,
+                model_args.latency_runs,
+            )
         fp32_tmp.cleanup()
-    trainer.save_model()
+    with timed(phases, "save"):
+        trainer.save_model()
     values = {
         "fp32": fp32_accuracy,
         "int8": int8_accuracy,
@@ -139,25 +151,28 @@ def run(
         },
         "train_samples": len(splits["train"]),
         "eval_samples": len(splits["validation"]),
-        "wall_time_s": time.perf_counter() - started,
     }
-    atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
     if qat_args.base_model is None and builtin:
         qat_args.base_model = BUILTIN_HUB_ID
     base_model = qat_args.base_model or model_args.model_name
     license = qat_args.license or license_of(base_model)
     qat_args.license = license
-    write_model_card(
-        out,
-        trainer.ctrl,
-        results,
-        base_model=base_model,
-        dataset=data_args.dataset_name,
-        framework="keras",
-        license=license,
-    )
+    with timed(phases, "card"):
+        write_model_card(
+            out,
+            trainer.ctrl,
+            results,
+            base_model=base_model,
+            dataset=data_args.dataset_name,
+            framework="keras",
+            license=license,
+        )
+    results["timings_s"] = {**ordered_phases(phases), "total": round(time.perf_counter() - started, 3)}
+    results["wall_time_s"] = results["timings_s"]["total"]
+    atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
 
     lines = summary_table(model_args.task, "accuracy", values, sizes, latency, "TensorFlow", model_args.max_seq_length)
+    lines.append(phase_line(results["timings_s"]))
     lines.append(
         f"\nSaved to {out} ({results['wall_time_s']:.0f} s): keras-hub preset, hf_qat_quantizers.safetensors, "
         f"compression_state.json, nncf_config.json, {', '.join(Path(e.path).name for e in exports.values())}, README.md"

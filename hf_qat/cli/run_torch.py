@@ -5,7 +5,6 @@ image-classification, causal-lm."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -33,7 +32,7 @@ from ..transformers.trainer import QATTrainer, QATTrainingArguments, StepTimer
 from ..utils.io import atomic_write_text
 from .args import BUILTIN_HUB_ID, DataArguments, ModelArguments, RunError
 from .data import check_push, load_data
-from .summary import onnx_latency, phase_line, summary_table
+from .summary import onnx_latency, ordered_phases, phase_line, summary_table, timed
 
 __all__ = ["run"]
 
@@ -220,7 +219,7 @@ def run(
         "fp32": [round(t, 4) for t in fp32_steps.seconds],
         "qat": [round(t, 4) for t in trainer.step_timer.seconds],
     }
-    results["timings_s"] = {**_ordered_phases(phases, trainer.timings), "total": round(time.perf_counter() - started, 3)}
+    results["timings_s"] = {**ordered_phases(phases, trainer.timings), "total": round(time.perf_counter() - started, 3)}
     results["wall_time_s"] = results["timings_s"]["total"]
     atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, default=float))
 
@@ -236,26 +235,6 @@ def run(
         info = trainer.push_to_hub(commit_message="hf_qat: quantization-aware training", results=results)
         print(f"Pushed to {getattr(info, 'commit_url', None) or training_args.hub_model_id}")
     return results
-
-
-#: phases in the order a run goes through them (``qat_results.json`` → ``timings_s``)
-PHASES = ("load", "fp32_finetune", "fp32_evaluation", "compression", "training", "onnx_export", "openvino",
-          "int8_evaluation", "save", "onnx_evaluation", "fp32_reference", "layer_report", "card")  # fmt: skip
-
-
-@contextlib.contextmanager
-def timed(phases: dict[str, float], name: str):
-    """Add the wall seconds of the block to ``phases[name]``."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
-
-
-def _ordered_phases(own: dict[str, float], trainer: dict[str, float]) -> dict[str, float]:
-    merged = {**own, **trainer}
-    return {k: round(merged[k], 3) for k in PHASES if k in merged}
 
 
 #: evaluation batches the per-layer report runs on (each runs the FP32 and the QAT model once)

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any
 
 from ..onnx.runtime import OnnxRunner
 
-__all__ = ["onnx_latency", "summary_table", "phase_line"]
+__all__ = ["onnx_latency", "summary_table", "phase_line", "timed", "ordered_phases", "PHASES"]
+
+#: phases in the order a run goes through them (``qat_results.json`` → ``timings_s``; a framework's run
+#: has the ones it goes through)
+PHASES = ("load", "fp32_finetune", "fp32_evaluation", "compression", "training", "onnx_export", "openvino", "export",
+          "int8_evaluation", "save", "onnx_evaluation", "fp32_reference", "layer_report", "card")  # fmt: skip
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str):
+    """Add the wall seconds of the block to ``phases[name]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+
+def ordered_phases(*parts: dict[str, float]) -> dict[str, float]:
+    """The phases of ``parts`` (merged, later ones win), in :data:`PHASES` order, rounded to milliseconds."""
+    merged = {k: v for part in parts for k, v in part.items()}
+    return {k: round(merged[k], 3) for k in PHASES if k in merged}
 
 
 def onnx_latency(paths: dict[str, str], feed: dict[str, Any], runs: int) -> dict[str, float]:

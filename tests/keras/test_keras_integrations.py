@@ -246,6 +246,10 @@ def test_run_qat_tf_text_classification_on_a_preset(tmp_path):
         ]
     )
     assert results["framework"] == "tensorflow" and results["eval_samples"] == 10
+    timings = results["timings_s"]  # every phase timed, in run order, summing to about the total
+    assert list(timings)[:4] == ["load", "fp32_finetune", "fp32_evaluation", "compression"], timings
+    assert {"training", "export", "int8_evaluation", "onnx_evaluation", "save", "card", "total"} <= set(timings)
+    assert 0.8 * timings["total"] <= sum(v for k, v in timings.items() if k != "total") <= timings["total"]
     values = results["values"]
     assert all(values[k] is not None for k in ("fp32", "int8", "int8_onnx"))
     assert abs(values["int8"] - values["int8_onnx"]) <= 0.1 + 1e-9  # one of 10 eval rows
