@@ -453,6 +453,24 @@ def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
         + f". 1-minute load average (all processes on the machine) {meta['load_avg']['start']:.1f} at the start, "
         f"{meta['load_avg']['end']:.1f} at the end. Do not edit by hand: rerun the command.",
     ]
+    la = meta["load_avg"]
+    if "mean" in la:
+        threads = meta.get("threads") or 0
+        quiet = la["max"] <= (threads or 1) + 1.5
+        lines += [
+            "",
+            (
+                f"**{'Quiet' if quiet else 'Busy'} machine**: the 1-minute load average, sampled every 30 s "
+                f"({la['samples']} samples), was {la['mean']:.1f} on average and {la['max']:.1f} at most"
+                + (
+                    f", about what the suite itself puts on the machine ({threads} thread(s), plus NNCF's concurrent "
+                    "process in section 3 and run_qat.py with all cores in section 2)."
+                    if quiet
+                    else f": other work shared the machine (the suite itself accounts for about {max(threads, 1) + 1} "
+                    "at most); absolute times are inflated, side-by-side ratios less so."
+                )
+            ),
+        ]
     if meta.get("threads"):
         lines += [
             "",

@@ -93,6 +93,33 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+class LoadSampler:
+    """The machine's 1-minute load average, sampled every ``every`` seconds in a daemon thread while the suite runs."""
+
+    def __init__(self, every: float = 30.0):
+        import threading
+
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self.samples.append(os.getloadavg()[0])
+        return {
+            "start": self.samples[0],
+            "end": self.samples[-1],
+            "mean": sum(self.samples) / len(self.samples),
+            "max": max(self.samples),
+            "samples": len(self.samples),
+        }
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` intra-op threads here and in every worker process (torch reads ``OMP_NUM_THREADS``)."""
     import torch
@@ -260,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_threads(args.threads)
 
     started = time.perf_counter()
-    load_start = os.getloadavg()[0]
+    load = LoadSampler()
     results: dict = {"skipped_sections": {}, "notes": []}
     nncf = NncfEnv(None, {}, "NNCF not needed by the selected sections")
     if {"training", "accuracy"} & set(sections):
@@ -297,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
         "versions": versions(),
         "section_s": timings,
-        "load_avg": {"start": load_start, "end": os.getloadavg()[0]},
+        "load_avg": load.stop(),
         "threads": args.threads,
     }
     args.work_dir.mkdir(parents=True, exist_ok=True)
