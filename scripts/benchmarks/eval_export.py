@@ -10,7 +10,8 @@ In a fresh process::
    batch by batch. The graphs torch.compile builds during the timed pass are counted: a new
    sequence length must not compile anything.
 2. ``export_onnx`` of the QAT model (int8 QDQ file plus hf_qat's verification in ONNX Runtime),
-   timed end to end, and without the verification.
+   timed end to end: the first export of the process (what a run pays: the exporter's own
+   start-up included), then a second one.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     result = export_onnx(qat, out / "eval_export_qat.onnx", example)
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    export_onnx(qat, out / "eval_export_qat_noverify.onnx", example, verify=False)
-    export_noverify_s = time.perf_counter() - t0
+    export_onnx(qat, out / "eval_export_qat_again.onnx", example)
+    export_again_s = time.perf_counter() - t0
     res = {
         "model": args.model,
         "threads": torch.get_num_threads(),
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         "graphs_warmup": graphs_warm - graphs_start,
         "graphs_timed": graphs_timed,
         "export_s": export_s,
-        "export_noverify_s": export_noverify_s,
+        "export_again_s": export_again_s,
         "onnx_mib": result.file_size / 2**20,
         "verification": str(result.verification[0]) if result.verification else None,
     }
