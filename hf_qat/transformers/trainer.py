@@ -94,13 +94,43 @@ class QATTrainingArguments(TrainingArguments):
     distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation loss."})
 
     def __post_init__(self):
+        launched = _launched_processes()
+        if launched > 1 and not self.use_cpu and not _has_accelerator():
+            # A launcher started several processes (torchrun, accelerate launch --multi_gpu...) on a machine
+            # without GPUs: without use_cpu, accelerate would give each its own single-process "group" and
+            # they would train side by side into the same output_dir. Join them in a gloo group instead.
+            logger.info("hf_qat: WORLD_SIZE=%d and no GPU: the processes train together on CPU (gloo, use_cpu=True)", launched)
+            self.use_cpu = True
         super().__post_init__()
+        if launched > 1 and self.world_size != launched:
+            raise ValueError(
+                f"This process is one of {launched} launched together (WORLD_SIZE={launched}), but the training "
+                f"arguments see {self.world_size} process(es): they would train independently and overwrite each "
+                "other's files. Launch with `torchrun --nproc_per_node N scripts/run_qat.py ...` or `accelerate "
+                "launch --num_processes N ...` (add --use_cpu on a machine without GPUs), or run one process."
+            )
         if not 0.0 <= self.distillation_weight <= 1.0:
             raise ValueError(f"distillation_weight must be in [0, 1], got {self.distillation_weight}")
         if self.distillation_temperature <= 0:
             raise ValueError(f"distillation_temperature must be positive, got {self.distillation_temperature}")
         if not 13 <= self.onnx_opset <= 21:
             raise ValueError(f"onnx_opset must be between 13 and 21, got {self.onnx_opset}")
+
+
+def _launched_processes() -> int:
+    """How many processes the launcher says were started together (``WORLD_SIZE``; 1 when unset or unreadable)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator device (CUDA, XPU, MPS...)."""
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and hasattr(acc, "is_available"):
+        return bool(acc.is_available())
+    return torch.cuda.is_available()
 
 
 class CompressionSchedulerCallback(TrainerCallback):

@@ -210,6 +210,36 @@ def test_builtin_default_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_launched_processes_without_use_cpu_form_one_group(tmp_path):
+    """Two processes started by a launcher (torchrun, as ``accelerate launch --multi_gpu`` does) on a machine without
+    GPUs, without --use_cpu: before, each saw world_size 1 and they trained side by side into one output_dir; now
+    they join one gloo group."""
+    import socket
+    import subprocess
+
+    from hf_qat.transformers.trainer import _has_accelerator
+
+    if _has_accelerator():
+        pytest.skip("this machine has a GPU: the launcher's processes use it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "args.py"
+    script.write_text(
+        "import os\n"
+        "from hf_qat.transformers import QATTrainingArguments\n"
+        f"a = QATTrainingArguments(output_dir={str(tmp_path / 'out')!r}, report_to=[])\n"
+        "print('RESULT', os.environ['RANK'], a.world_size, a.use_cpu, flush=True)\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(port), str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    assert lines == [["0", "2", "True"], ["1", "2", "True"]], proc.stdout
+
+
 def test_two_processes_then_resume_in_one(tmp_path):
     """run_qat.py under torchrun with 2 CPU ranks (gloo); its checkpoint resumes in a single process."""
     import socket
