@@ -115,10 +115,12 @@ class BaseQuantizer(nn.Module):
         if not self._enabled:
             return x
         if self.shared:
-            key = (x, x._version, self._param_versions(), torch.is_grad_enabled())
+            # the graph task tells a forward (-1) from the re-run of a checkpointed block during backward, whose
+            # input is the same tensor: the re-run must build its own node, as the first forward did
+            key = (x, x._version, self._param_versions(), torch.is_grad_enabled(), torch._C._current_graph_task_id())
             memo = self._memo
-            if memo is not None and memo[0] is x and memo[1:4] == key[1:]:
-                return memo[4]
+            if memo is not None and memo[0] is x and memo[1:5] == key[1:]:
+                return memo[5]
             out = self.quantize(x)
             self._memo = (*key, out)
             return out
@@ -194,7 +196,7 @@ class BaseQuantizer(nn.Module):
     def _collect(self, x: torch.Tensor) -> None:
         if self.shared and self._memo is not None and self._memo[0] is x:
             return  # the same tensor, seen by another consumer
-        self._memo = (x, None, None, None, None)
+        self._memo = (x, None, None, None, None, None)
         stats = batch_statistics(x, self.spec.channel_axis, self._collector.needs_values)
         if stats is None:
             return
