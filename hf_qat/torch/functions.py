@@ -178,14 +178,27 @@ def _as_param_shape(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 class _Recompute:
     """What a saved fake-quantized tensor is recomputed from in backward (see :func:`recompute_fake_quantized`)."""
 
-    __slots__ = ("args",)
+    __slots__ = ("args", "dtype")
 
-    def __init__(self, args: tuple):
-        self.args = args
+    def __init__(self, args: tuple, dtype: torch.dtype):
+        self.args, self.dtype = args, dtype
 
     def __call__(self) -> torch.Tensor:
         with torch.no_grad():
-            return _run("forward", self.args[0].numel(), *self.args)
+            return _fake_quantize_as(self.args, self.dtype)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the quantizer math runs in: float32 for half-precision inputs, else the input's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _fake_quantize_as(args: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """The forward kernel on ``args`` (input first, grid tensors already in the compute dtype), in ``dtype``."""
+    x, *rest = args
+    compute = rest[0].dtype
+    out = _run("forward", x.numel(), x.to(compute), *rest)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 class _RecomputeView:
@@ -229,13 +242,16 @@ class _FakeQuantize(torch.autograd.Function):
     def forward(ctx, x, range_a, range_b, low, high, step, zp, ll: int, lh: int, symmetric: bool):
         # range_a / range_b are the *raw* parameters (scale, or input_low / input_range) and only
         # serve as gradient targets; low/high/step/zp are derived from them (detached).
+        # half-precision inputs (bf16 autocast, fp16) are quantized in float32, on the float32 grid that the
+        # export writes; the result is rounded back to the input's dtype
         xd = x.detach()
+        compute = _compute_dtype(x.dtype)
         inv_step = 1.0 / step
-        args = (xd, inv_step.to(x.dtype), step.to(x.dtype), zp.to(x.dtype), ll, lh)
-        out = _run("forward", x.numel(), *args)
-        ctx.save_for_backward(xd, range_a, range_b, low, high, step, zp)
+        args = (xd, inv_step.to(compute), step.to(compute), zp.to(compute), ll, lh)
+        out = _fake_quantize_as(args, x.dtype)
+        ctx.save_for_backward(xd, range_a, range_b, low, high, step, zp)  # the input as given: no float32 copy kept
         if x.requires_grad or range_a.requires_grad or range_b.requires_grad:  # training: see recompute_fake_quantized
-            out._hf_qat_recompute = (_Recompute(args), out._version)
+            out._hf_qat_recompute = (_Recompute(args, x.dtype), out._version)
         ctx.levels = (ll, lh)
         ctx.symmetric = symmetric
         return out
@@ -244,7 +260,9 @@ class _FakeQuantize(torch.autograd.Function):
     def backward(ctx, g):
         x, range_a, range_b, low, high, step, zp = ctx.saved_tensors
         ll, lh = ctx.levels
-        dt = x.dtype
+        in_dtype = x.dtype
+        dt = _compute_dtype(in_dtype)
+        x, g = x.to(dt), g.to(dt)
         input_range = high - low
         if ctx.symmetric:
             # d/d(scale): inside (out - x)/input_range, above 1, below ll/lh.
@@ -271,6 +289,8 @@ class _FakeQuantize(torch.autograd.Function):
             reduce_dims,
             ctx.needs_input_grad[0],
         )
+        if grad_x is not None and grad_x.dtype != in_dtype:
+            grad_x = grad_x.to(in_dtype)
         if ctx.symmetric:
             grad_scale = _as_param_shape(grad_range, range_a) * torch.where(range_a >= 0, 1.0, -1.0)
             return grad_x, grad_scale, None, None, None, None, None, None, None, None

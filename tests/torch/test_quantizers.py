@@ -304,3 +304,30 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     other = {n: p.grad for n, p in checkpointed.named_parameters() if p.grad is not None}
     assert grads.keys() == other.keys() and any("quantizer" in n for n in grads)
     assert all(torch.equal(grads[n], other[n]) for n in grads), [n for n in grads if not torch.equal(grads[n], other[n])]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "asymmetric"])
+def test_half_precision_inputs_are_quantized_in_float32(dtype, symmetric):
+    """Under bf16 autocast the activations reaching a quantizer are bf16. The quantizer math runs in float32 on the
+    float32 grid the export writes, the output is rounded to the input's dtype: equal to quantizing the float32 copy,
+    with float32 range gradients equal to the float32 path's (before: the grid in bf16, 47 of 256 elements off)."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 64) * 3).to(dtype)
+    params = [torch.tensor([2.7]), torch.tensor([5.9])] if symmetric else [torch.tensor([-2.1]), torch.tensor([5.3])]
+    fq = (lambda t, p: fake_quantize_symmetric(t, p[0], -128, 127)) if symmetric else (
+        lambda t, p: fake_quantize_asymmetric(t, p[0], p[1], 0, 255)
+    )
+    half = [p.clone().requires_grad_() for p in params]
+    full = [p.clone().requires_grad_() for p in params]
+    xh = x.clone().requires_grad_()
+    xf = x.float().requires_grad_()
+    out_half, out_full = fq(xh, half), fq(xf, full)
+    assert out_half.dtype == dtype and torch.equal(out_half, out_full.to(dtype))
+    weights = torch.randint(-4, 5, x.shape) / 4  # exact in half precision: both paths get the same gradient
+    (out_half.float() * weights).sum().backward()
+    (out_full * weights).sum().backward()
+    assert xh.grad.dtype == dtype and torch.equal(xh.grad, xf.grad.to(dtype))
+    for h, f in zip(half, full):
+        if f.grad is not None:
+            assert h.grad.dtype == torch.float32 and torch.allclose(h.grad, f.grad, rtol=1e-6, atol=1e-6)

@@ -72,6 +72,23 @@ def test_train_saves_qat_checkpoints_and_exports(tmp_path):
     assert abs(onnx_logs[0]["onnx_loss"] - metrics["eval_loss"]) < 1e-3
 
 
+def test_bf16_training_keeps_float32_quantizers_and_exports(tmp_path):
+    """``bf16=True`` (autocast on CPU): quantizer parameters stay float32 and get float32 gradients, training runs,
+    and the export reproduces the trained grid (hf_qat's verification passes in ONNX Runtime)."""
+    ds = tiny_text_dataset()
+    trainer = QATTrainer(
+        model=tiny_bert(), args=make_args(tmp_path, bf16=True, export_onnx=True, save_strategy="no"), train_dataset=ds
+    )
+    trainer.train()
+    ctrl = trainer.compression_ctrl
+    seen = [p.dtype for q in ctrl.quantizers.values() for p in q.parameters()]
+    assert seen and set(seen) == {torch.float32}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(float(v))) for v in losses)
+    assert trainer.onnx_result is not None and trainer.onnx_result.verification
+    assert all(r.ok for r in trainer.onnx_result.verification)
+
+
 def test_resume_ends_with_the_same_weights(tmp_path):
     ds = tiny_text_dataset()
     full = QATTrainer(model=tiny_bert(), args=make_args(tmp_path / "a", max_steps=8), train_dataset=ds)

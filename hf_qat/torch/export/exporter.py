@@ -413,7 +413,35 @@ def export_onnx(
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"{path} is a directory; pass the path of the .onnx file to write")
+    with _without_mixed_precision_forward(model):
+        return _export(
+            model, path, example_inputs, input_names, output_names, dynamic_axes, opset, exporter, quantized, verify,
+            runtimes, atol, min_top1, config,
+        )  # fmt: skip
 
+
+@contextlib.contextmanager
+def _without_mixed_precision_forward(model: nn.Module) -> Iterator[None]:
+    """The model's own ``forward`` for the duration of the export: accelerate's mixed precision (``bf16=True``,
+    ``fp16=True``) replaces ``model.forward`` by an autocast wrapper and keeps the original in
+    ``_original_forward``; traced through the wrapper, activations would reach the quantizers in half precision,
+    which ``QuantizeLinear`` does not take. The export and its verification run in float32."""
+    patched = model.__dict__.get("forward")
+    original = model.__dict__.get("_original_forward")
+    if patched is None or original is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = patched
+
+
+def _export(
+    model, path, example_inputs, input_names, output_names, dynamic_axes, opset, exporter, quantized, verify,
+    runtimes, atol, min_top1, config,
+) -> ExportResult:  # fmt: skip
     fallback = _fallback_inputs(model, config) if example_inputs is None else None
     sig = resolve_signature(
         model,
