@@ -431,6 +431,141 @@ def targets_md(results: dict) -> list[str]:
     return lines + [""]
 
 
+def causes_md(results: dict) -> list[str]:
+    """For each missed target, the numbers of the same run that locate the cost."""
+    import statistics
+
+    notes = []
+    t = results.get("training")
+    for m in (t or {}).get("models", []):
+        by: dict = {}
+        for row in m["rows"]:  # the first FP32 row is the one timed beside hf_qat (the NNCF process has its own)
+            if "median_s" in row:
+                by.setdefault(row["variant"], row)
+        fp, hq, lin, ao = by.get("fp32"), by.get("hf_qat"), by.get("hf_qat_linear"), by.get("torch_ao")
+        if not (fp and hq) or hq["median_s"] / fp["median_s"] <= TARGETS["step_ratio"]:
+            continue
+        extra = hq["median_s"] - fp["median_s"]
+        text = (
+            f"QAT/FP32 step, {m['label']}: hf_qat adds {extra:.3f} s to a {fp['median_s']:.3f} s FP32 step "
+            f"({hq['median_s'] / fp['median_s']:.2f})"
+        )
+        qn = hq.get("quantizers")
+        if qn:
+            text += f" with {qn['weights']} weight and {qn['activations']} activation quantizers"
+        if lin and lin["median_s"] < fp["median_s"]:
+            text += (
+                f". With torch.ao's coverage it measured {lin['median_s'] / fp['median_s']:.2f}, below FP32: the "
+                f"{fp['steps']} timed FP32 steps themselves spread over {fp['min_s']:.3f}-{fp['max_s']:.3f} s, so "
+                "this model's split between coverage and kernels is within the noise"
+            )
+        elif lin:
+            lq = lin.get("quantizers") or {}
+            text += (
+                f". With torch.ao's coverage ({lq.get('weights', '?')} weight and {lq.get('activations', '?')} "
+                f"activation quantizers: Linear layers only) it adds {lin['median_s'] - fp['median_s']:.3f} s "
+                f"({lin['median_s'] / fp['median_s']:.2f}"
+                + (f"; torch.ao eager QAT {ao['median_s'] / fp['median_s']:.2f}" if ao else "")
+                + f"), so the attention products and embeddings that torch.ao does not quantize cost "
+                f"{hq['median_s'] - lin['median_s']:.3f} s of it"
+            )
+        notes.append(
+            text + ". Each quantizer runs a fused forward kernel, a fused backward kernel with the range-gradient "
+            "reduction, and (for Linear and matmul inputs) the forward again in backward instead of keeping a "
+            "fake-quantized copy: that recomputation is what keeps step memory at FP32's level."
+        )
+        if hq.get("mem_ratio") and hq["mem_ratio"] > TARGETS["mem_ratio"]:
+            notes.append(f"Step memory, {m['label']}: {hq['peak_mem_mib']:.0f} MiB against {fp['peak_mem_mib']:.0f} MiB in FP32.")
+    r = results.get("runs")
+    if r:
+        runs = r["runs"]
+        warm = runs[-1]
+        st = warm["step_times_s"]
+        fp, q = statistics.median(st["fp32"]), statistics.median(st["qat"])
+        if q / fp > TARGETS["run_step_ratio"]:
+            text = (
+                f"run_qat.py step: the Trainer's median QAT step is {q:.3f} s against {fp:.3f} s for FP32 (+{q - fp:.3f} s "
+                f"per step; first QAT step {st['qat'][0]:.2f} s with the compile cache {warm['compile_cache']}, the "
+                "rest do not compile: the evaluation worker counts 0 graphs on new shapes)"
+            )
+            fixed = next((mm for mm in (t or {}).get("models", []) if "threads" not in mm["label"]), None)
+            if fixed:
+                byf: dict = {}
+                for x in fixed["rows"]:
+                    if "median_s" in x:
+                        byf.setdefault(x["variant"], x)
+                if "fp32" in byf and "hf_qat" in byf:
+                    text += (
+                        f". At section 1's fixed batch (16 x 128 tokens) the same quantizers add "
+                        f"{byf['hf_qat']['median_s'] - byf['fp32']['median_s']:.3f} s to {byf['fp32']['median_s']:.3f} s; "
+                        "the run's batches (16 reviews of at most 64 tokens) make the FP32 step short while the weight "
+                        "quantizers' work (every weight, every step) does not shrink with the batch"
+                    )
+            notes.append(text + ".")
+        cold = runs[0]
+        if cold["wall_s"] > TARGETS["startup_s"]:
+            top = sorted(((v, k) for k, v in cold["timings_s"].items() if k != "total"), reverse=True)[:5]
+            notes.append(
+                f"run_qat.py wall time with an empty compile cache: {cold['wall_s']:.1f} s, of which "
+                f"{cold['wall_s'] - cold['timings_s']['total']:.1f} s before the run's clock starts (interpreter, "
+                "imports) and, largest phases first, "
+                + ", ".join(f"{k} {v:.1f} s" for v, k in top)
+                + (f"; with the cache warm: {warm['wall_s']:.1f} s." if len(runs) > 1 else ".")
+            )
+        e = r["eval_export"]
+        if e["eval_ratio"] > TARGETS["eval_ratio"]:
+            n = e["batches"]
+            notes.append(
+                f"Evaluation: the fake-quantized model takes {e['eval_s']['qat']:.2f} s against "
+                f"{e['eval_s']['fp32']:.2f} s on {n} batches ({1000 * (e['eval_s']['qat'] - e['eval_s']['fp32']) / n:.0f} ms "
+                f"more per batch), with {e['graphs_timed']} graphs compiled in the timed pass."
+            )
+        if e["export_s"] >= TARGETS["export_s"]:
+            notes.append(
+                f"ONNX export: {e['export_s']:.1f} s the first time in the process, {e['export_again_s']:.1f} s the "
+                "second time: the difference is the exporter's own start-up."
+            )
+    a = results.get("accuracy")
+    if a:
+        by = {x["key"]: x for x in a["rows"]}
+        q = by.get("hf_qat_qat", {})
+        if "accuracy" in q and q.get("seeds"):
+            per_seed = ", ".join(f"seed {x['seed']} {100 * x['accuracy']:.2f}" for x in q["seeds"])
+            ties = [
+                x["method"]
+                for k, x in by.items()
+                if k not in ("fp32", "hf_qat_qat")
+                and "accuracy" in x
+                and abs(100 * (q["accuracy"] - x["accuracy"])) <= q["spread_pt"]
+            ]
+            fp = by["fp32"]["accuracy"]
+            drop = 100 * (fp - q["accuracy"])
+            if drop > TARGETS["acc_drop_pt"]:
+                ptq = by.get("hf_qat_ptq", {})
+                notes.append(
+                    f"Accuracy against FP32: the FP32 model scores {100 * fp:.2f}; range init alone (hf_qat PTQ) "
+                    + (
+                        f"keeps {100 * ptq['accuracy']:.2f} ({100 * (ptq['accuracy'] - fp):+.2f} pt); "
+                        if "accuracy" in ptq
+                        else ""
+                    )
+                    + f"the {a['config']['qat_steps']} QAT steps at lr {a['config']['qat_lr']:g} from that model give {per_seed}: "
+                    "on this converged model, with 8-bit per-channel weights, the QAT budget of the table does not "
+                    "move accuracy beyond the seed-to-seed noise."
+                )
+            if ties:
+                notes.append(
+                    f"Ties: hf_qat QAT's seeds spread over {q['spread_pt']:.2f} pt "
+                    f"({q['spread_pt'] * a['test_size'] / 100:.0f} sentences of {a['test_size']}); "
+                    + ", ".join(ties)
+                    + (" falls" if len(ties) == 1 else " fall")
+                    + " within that spread of its mean: a tie on this test set, not a measured difference."
+                )
+    if not notes:
+        return []
+    return ["## Misses and their measured causes", ""] + [f"- {n}" for n in notes] + [""]
+
+
 # -- document -----------------------------------------------------------------------------------
 def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
     """Write ``BENCHMARKS.md`` (and the plot, when scaling results exist)."""
@@ -486,6 +621,7 @@ def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
         lines += ["", f"**This is the `{meta['preset']}` preset (fewer steps and sizes), not the full benchmark.**"]
     lines.append("")
     lines += targets_md(results)
+    lines += causes_md(results)
     if results.get("training"):
         lines += training_md(results["training"])
     if results.get("runs"):

@@ -275,7 +275,18 @@ def main(argv: list[str] | None = None) -> dict:
         help="intra-op threads for torch, ONNX Runtime and OpenVINO (default: each library's own, all "
         "cores); 1 keeps a machine shared with other jobs from stalling multi-threaded kernels",
     )
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="run nothing: write BENCHMARKS.md again from the last run's results.json in --work_dir (the report's "
+        "wording changed, the numbers stay those of that run)",
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        results = json.loads((args.work_dir / "results.json").read_text())
+        write_report(results, args.output, args.plot)
+        log(f"wrote {args.output} from {args.work_dir / 'results.json'} (run {results['meta']['started']})")
+        return results
     sections = [s for s in args.sections.split(",") if s]
     if not sections or set(sections) - set(SECTIONS):
         parser.error(f"--sections: choose from {SECTIONS}")
