@@ -229,15 +229,17 @@ def test_launched_processes_without_use_cpu_form_one_group(tmp_path):
         "import os\n"
         "from hf_qat.transformers import QATTrainingArguments\n"
         f"a = QATTrainingArguments(output_dir={str(tmp_path / 'out')!r}, report_to=[])\n"
-        "print('RESULT', os.environ['RANK'], a.world_size, a.use_cpu, flush=True)\n"
+        f"with open(os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK']), 'w') as f:\n"
+        "    f.write(f\"{os.environ['RANK']} {a.world_size} {a.use_cpu}\")\n"
     )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     cmd += ["--master_port", str(port), str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
-    assert lines == [["0", "2", "True"], ["1", "2", "True"]], proc.stdout
+    # each rank writes its own file (the two processes' stdout interleave)
+    lines = sorted((tmp_path / f"rank{r}").read_text().split() for r in (0, 1))
+    assert lines == [["0", "2", "True"], ["1", "2", "True"]], proc.stdout[-2000:]
 
 
 def test_two_processes_then_resume_in_one(tmp_path):

@@ -315,8 +315,10 @@ def test_half_precision_inputs_are_quantized_in_float32(dtype, symmetric):
     torch.manual_seed(0)
     x = (torch.randn(4, 64) * 3).to(dtype)
     params = [torch.tensor([2.7]), torch.tensor([5.9])] if symmetric else [torch.tensor([-2.1]), torch.tensor([5.3])]
-    fq = (lambda t, p: fake_quantize_symmetric(t, p[0], -128, 127)) if symmetric else (
-        lambda t, p: fake_quantize_asymmetric(t, p[0], p[1], 0, 255)
+    fq = (
+        (lambda t, p: fake_quantize_symmetric(t, p[0], -128, 127))
+        if symmetric
+        else (lambda t, p: fake_quantize_asymmetric(t, p[0], p[1], 0, 255))
     )
     half = [p.clone().requires_grad_() for p in params]
     full = [p.clone().requires_grad_() for p in params]
