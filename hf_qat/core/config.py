@@ -329,6 +329,8 @@ class NNCFConfig(dict):
             raise ConfigError(
                 "$", f"<{path}>", "a JSON file holding an NNCF config", e.reason[0].upper() + e.reason[1:] + "."
             ) from None
+        if not isinstance(data, dict):  # a valid JSON value that is not an object: name the file
+            raise ConfigError("$", f"<{type(data).__name__} in {path}>", "a JSON object (dict) holding an NNCF config")
         return cls.from_dict(data)
 
     def to_json(self, path: str | os.PathLike) -> None:

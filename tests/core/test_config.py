@@ -300,3 +300,13 @@ def test_nncf_sample_top_level_keys_are_ignored_with_a_warning():
         NNCFConfig.from_dict({**config, "compression": {"algorithm": "quantization", "seed": 1}})
     with pytest.raises(ConfigError, match="did you mean 'input_info'"):
         NNCFConfig.from_dict({"inputs_info": {"sample_size": [1, 8]}, "compression": {"algorithm": "quantization"}})
+
+
+@pytest.mark.parametrize("text", ["0", "[]", '"x"', "null"])
+def test_a_json_file_that_is_not_an_object_is_refused_naming_the_file(tmp_path, text):
+    """The reliability fuzz found ``0``: the error named neither the file nor more than ``$``."""
+    path = tmp_path / "nncf_config.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        NNCFConfig.from_json(path)
+    assert str(path) in str(info.value) and "JSON object" in str(info.value)
