@@ -60,6 +60,16 @@ def build_model(name: str, num_labels: int = 2, **overrides) -> torch.nn.Module:
     return BertForSequenceClassification(BertConfig(num_labels=num_labels, vocab_size=30522, **shape))
 
 
+def bert_overrides(layers: int | None, hidden: int | None) -> dict:
+    """Config overrides for ``--layers``/``--hidden`` (FFN 4x hidden, head size 32); empty when neither is given."""
+    overrides = {}
+    if layers:
+        overrides["num_hidden_layers"] = layers
+    if hidden:
+        overrides.update(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=max(1, hidden // 32))
+    return overrides
+
+
 def random_batches(n: int, batch: int, seq: int, vocab: int = 30522, seed: int = 0, labels: bool = True) -> list[dict]:
     """``n`` tokenized-looking batches of random ids (full attention), for timing."""
     g = torch.Generator().manual_seed(seed)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import build_model, random_batches
+from .common import bert_overrides, build_model, random_batches
 from .training_cost import prepare_hf_qat
 
 
@@ -58,13 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    overrides = {}
-    if args.layers:
-        overrides["num_hidden_layers"] = args.layers
-    if args.hidden:
-        overrides.update(
-            hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_attention_heads=max(1, args.hidden // 32)
-        )
+    overrides = bert_overrides(args.layers, args.hidden)
 
     from hf_qat import export_onnx
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from .common import build_model, random_batches, time_alternating, train_step
+from .common import bert_overrides, build_model, random_batches, time_alternating, train_step
 
 VARIANTS = ("fp32", "hf_qat", "hf_qat_linear", "torch_ao", "nncf")
 
@@ -159,13 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
         parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
-    overrides = {}
-    if args.layers:
-        overrides["num_hidden_layers"] = args.layers
-    if args.hidden:
-        overrides.update(
-            hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_attention_heads=max(1, args.hidden // 32)
-        )
+    overrides = bert_overrides(args.layers, args.hidden)
     result = measure(
         args.model, variants, args.batch_size, args.seq_len, args.steps, args.warmup, args.calibration_samples, **overrides
     )
