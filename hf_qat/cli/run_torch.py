@@ -166,7 +166,7 @@ def run(
         # per predicted token, the same way for all three (see hf_qat.transformers.evaluation.task_loss)
         loader = trainer.get_eval_dataloader()
         fp32_metrics["fp32_token_loss"] = token_level_loss(fp32_model, loader)
-        int8_metrics["int8_token_loss"] = token_level_loss(trainer.accelerator.unwrap_model(trainer.model), loader)
+        int8_metrics["int8_token_loss"] = token_level_loss(trainer.single_process_model(), loader)
         values = {
             "fp32": perplexity(fp32_metrics, "fp32_token_loss"),
             "int8": perplexity(int8_metrics, "int8_token_loss"),
@@ -198,6 +198,7 @@ def run(
             "activations": len(trainer.compression_ctrl.activation_quantizers),
         },
         "world_size": training_args.world_size,
+        "parallelism": "fsdp2" if trainer.is_fsdp else ("ddp" if training_args.world_size > 1 else "none"),
         "train_samples": len(processed["train"]),
         "eval_samples": len(processed["validation"]),
     }
@@ -209,7 +210,7 @@ def run(
     with timed(phases, "card"):
         write_model_card(
             out,
-            trainer.compression_ctrl,
+            trainer.single_process_controller(),
             results,
             base_model=base_model,
             dataset=data_args.dataset_name,
@@ -246,7 +247,7 @@ def _layer_report(trainer: QATTrainer, fp32_model: torch.nn.Module, results: dic
     """Per-layer SQNR of the QAT model against the FP32 one on evaluation batches: into ``results`` and a plot."""
     loader = trainer.get_eval_dataloader()
     started = time.perf_counter()
-    report = trainer.compression_ctrl.quantization_report(fp32_model, loader, max_batches=LAYER_REPORT_BATCHES)
+    report = trainer.single_process_controller().quantization_report(fp32_model, loader, max_batches=LAYER_REPORT_BATCHES)
     results["layer_report"] = report.to_dict()
     worst = report.worst(1)
     logger.info(

@@ -25,7 +25,7 @@ from ..core.state import parse_compression_state
 from ..errors import CheckpointError, CompressionStateError
 from ..utils.io import fsync_dir
 
-__all__ = ["STAGING_PREFIX", "StagedCheckpoint", "check_checkpoint", "remove_stale_staging"]
+__all__ = ["STAGING_PREFIX", "StagedCheckpoint", "check_checkpoint", "is_sharded_checkpoint", "remove_stale_staging"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,15 @@ def remove_stale_staging(run_dir: str) -> None:
                 shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
 
 
+#: the folder (``<name>_<i>``) in which accelerate writes an FSDP model's shards (torch.distributed.checkpoint)
+FSDP_SHARDS_NAME = "pytorch_model_fsdp"
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder holds FSDP shards (written under ``fsdp_state_dict_type: SHARDED_STATE_DICT``)."""
+    return os.path.isdir(os.path.join(os.fspath(path), f"{FSDP_SHARDS_NAME}_0"))
+
+
 def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Validate a QAT checkpoint folder before anything is trained or written; return its compression state.
 
@@ -136,9 +145,11 @@ def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise CompressionStateError(f"resume_from_checkpoint: {path} is not a directory")
-    if not any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in weights) and not is_sharded_checkpoint(path):
         raise CompressionStateError(
-            f"resume_from_checkpoint: {path} holds no model.safetensors; expected a checkpoint written by QATTrainer"
+            f"resume_from_checkpoint: {path} holds no model.safetensors (nor FSDP shards, {FSDP_SHARDS_NAME}_0/); "
+            "expected a checkpoint written by QATTrainer"
         )
     if not os.path.isfile(os.path.join(path, COMPRESSION_STATE_NAME)):
         raise CompressionStateError(

@@ -38,14 +38,15 @@ from ..core.layout import (
     remove_openvino_files,
     write_qat_files,
 )
-from ..errors import CompressionStateError, ConfigError, ExportError
+from ..errors import CompressionStateError, ConfigError, DistributedError, ExportError
 from ..hub.model_card import license_of, write_model_card
 from ..hub.push import push_qat_folder
 from ..torch.controller import QuantizationController
 from ..torch.init import register_default_init_args
 from ..torch.model_creation import create_compressed_model, is_compressed
-from .checkpointing import StagedCheckpoint, check_checkpoint
+from .checkpointing import StagedCheckpoint, check_checkpoint, is_sharded_checkpoint
 from .evaluation import evaluate_onnx_file
+from .fsdp import check_plugin, enable_fsdp_on_cpu, gather_full_state_dict, original_class
 from .hub import base_model_of, task_of
 
 __all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback"]
@@ -256,8 +257,28 @@ class QATTrainer(Trainer):
         #: wall seconds of each optimizer step of ``train()`` (see :class:`StepTimer`)
         self.step_timer = StepTimer()
         self.add_callback(self.step_timer)
+        #: under FSDP: (folder, global step) of the last gathered save, and the model loaded back from it
+        self._gathered_save: tuple[str, int] | None = None
+        self._single_process: tuple[tuple[str, int], nn.Module] | None = None
         if self.compression_ctrl is not None:
             self._attach(self.compression_ctrl)
+
+    # -- accelerate -----------------------------------------------------------------------------
+    def create_accelerator_and_postprocess(self):
+        """``Trainer``'s accelerator; under an FSDP launch on CPU processes, with FSDP switched back on
+        (accelerate 1.15 drops its FSDP plugin for CPU process groups and would train with DDP)."""
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
+            logger.info("hf_qat: FSDP on %d CPU processes (gloo)", self.args.world_size)
+
+    @property
+    def is_fsdp(self) -> bool:
+        """Whether this trainer shards the model with FSDP2."""
+        return bool(getattr(self, "is_fsdp_enabled", False))
+
+    def _sharded_checkpoints(self) -> bool:
+        return self.is_fsdp and "SHARDED_STATE_DICT" in str(self.accelerator.state.fsdp_plugin.state_dict_type)
 
     # -- compression ----------------------------------------------------------------------------
     def _attach(self, ctrl: QuantizationController) -> None:
@@ -305,6 +326,14 @@ class QATTrainer(Trainer):
         state = None
         if resume_from_checkpoint:
             state = check_checkpoint(resume_from_checkpoint)
+            if is_sharded_checkpoint(resume_from_checkpoint) and not self.is_fsdp:
+                raise DistributedError(
+                    f"resume_from_checkpoint: {resume_from_checkpoint} holds FSDP shards, which only an FSDP run reads. "
+                    "Resume it under FSDP, with any number of processes: `accelerate launch --config_file "
+                    "scripts/accelerate/fsdp_cpu.yaml --num_processes N scripts/run_qat.py ... --resume_from_checkpoint "
+                    f"{resume_from_checkpoint}` (fsdp.yaml on GPUs). For one process, use the gathered checkpoint of "
+                    "the run's output folder."
+                )
         if self.compression_ctrl is None:
             if self.optimizer is not None:
                 raise ValueError(
@@ -313,6 +342,8 @@ class QATTrainer(Trainer):
                     "first and build the optimizer from the compressed model."
                 )
             self.compress(compression_state=state)
+        if self.is_fsdp:
+            check_plugin(self.accelerator.state.fsdp_plugin, self.model)
         try:
             with self._timed("training"):
                 output = super().train(
@@ -329,6 +360,8 @@ class QATTrainer(Trainer):
                 "checkpoint, or resume from another one."
             ) from e
         if self.args.export_onnx:
+            if self.is_fsdp:  # the export runs on a single-process model: gather the weights first (every rank)
+                self.save_model(self.args.output_dir)
             self._export_on_main()
             if self.args.evaluate_onnx and self.eval_dataset is not None and self.is_world_process_zero():
                 self.log(self.evaluate_onnx())
@@ -487,6 +520,65 @@ class QATTrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; under FSDP, a *gathered* checkpoint: the full safetensors weights (quantizer
+        parameters included) with the QAT files, loadable in one process with ``from_pretrained``. Every process
+        must call it (the weights are gathered from all of them). Checkpoints during training stay sharded
+        (``fsdp_state_dict_type: SHARDED_STATE_DICT``): the Trainer writes the shards, this writes the QAT files."""
+        if not self.is_fsdp:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if getattr(self, "_staged_checkpoint", None) is not None and self._sharded_checkpoints():
+            if self.args.should_save:
+                self._save_qat_metadata(output_dir)
+            return None
+        state_dict = gather_full_state_dict(self.model)
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state_dict)
+        self._gathered_save = (str(Path(output_dir).resolve()), self.state.global_step)
+        self.accelerator.wait_for_everyone()
+        return None
+
+    def _save_qat_metadata(self, output_dir: str) -> None:
+        """``config.json`` (with ``quantization_config``), the QAT files and the processor: a sharded checkpoint's
+        description, from which resuming rebuilds the quantizers before the shards are loaded."""
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        config = copy.deepcopy(model.config)
+        config.quantization_config = quantization_config_dict(self.compression_ctrl)
+        config.save_pretrained(output_dir)
+        write_qat_files(output_dir, self.compression_ctrl)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def single_process_model(self) -> nn.Module:
+        """The trained model as one process holds it: the model itself, or under FSDP the gathered checkpoint of
+        the last :meth:`save_model` loaded back with ``from_pretrained`` (on the main process; its controller is
+        ``model._hf_qat_ctrl``). The export, the per-layer report and the model card use it.
+
+        Raises:
+            [`DistributedError`]: under FSDP, no gathered save was made at the current step.
+        """
+        if not self.is_fsdp:
+            return self.accelerator.unwrap_model(self.model)
+        saved = self._gathered_save
+        if saved is None or saved[1] != self.state.global_step:
+            raise DistributedError(
+                "Under FSDP the weights are sharded across processes: call trainer.save_model() on every process "
+                "first; the single-process model is loaded back from that gathered checkpoint."
+            )
+        if self._single_process is None or self._single_process[0] != saved:
+            cls = original_class(self.accelerator.unwrap_model(self.model))
+            model = cls.from_pretrained(saved[0]).eval()
+            self._single_process = (saved, model)
+        return self._single_process[1]
+
+    def single_process_controller(self) -> QuantizationController:
+        """The controller of :meth:`single_process_model` (``compression_ctrl`` unless under FSDP)."""
+        if not self.is_fsdp:
+            return self.compression_ctrl
+        return self.single_process_model()._hf_qat_ctrl
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         ctrl = self.compression_ctrl
@@ -526,7 +618,13 @@ class QATTrainer(Trainer):
         if not self.is_world_process_zero():
             return None
         out = Path(self.args.output_dir)
-        self.save_model(str(out), _internal_call=True)
+        if not self.is_fsdp:
+            self.save_model(str(out), _internal_call=True)
+        elif self._gathered_save != (str(out.resolve()), self.state.global_step):
+            raise DistributedError(
+                "push_to_hub under FSDP: call trainer.save_model() on every process first (the weights are "
+                f"gathered from all of them into {out}); then push from the main process."
+            )
         if self.onnx_result is None or self._onnx_step != self.state.global_step or not (out / ONNX_NAME).exists():
             self.export_onnx()  # an ONNX file from another step would not be the pushed model
         repo_id = self.args.hub_model_id or out.resolve().name
@@ -536,7 +634,7 @@ class QATTrainer(Trainer):
         base = self.args.base_model or base_model_of(model)
         write_model_card(
             out,
-            self.compression_ctrl,
+            self.single_process_controller(),
             results,
             base_model=base,
             repo_id=repo_id,
@@ -606,7 +704,7 @@ class QATTrainer(Trainer):
         example = {
             k: v.detach() for k, v in batch.items() if k not in ("labels", "label", "label_ids") and isinstance(v, torch.Tensor)
         }
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.single_process_model()
         kwargs.setdefault("opset", self.args.onnx_opset)
         default_file = path == Path(self.args.output_dir) / ONNX_NAME
         if default_file:
