@@ -533,6 +533,11 @@ class QATTrainer(Trainer):
                 self._save_qat_metadata(output_dir)
             return None
         state_dict = gather_full_state_dict(self.model)
+        # a tied weight (GPT-2's lm_head) is stored once, under its first name, as save_pretrained does
+        first: dict[int, str] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            if first.setdefault(id(param), name) != name:
+                state_dict.pop(name, None)
         if self.args.should_save:
             self._save(output_dir, state_dict=state_dict)
         self._gathered_save = (str(Path(output_dir).resolve()), self.state.global_step)
@@ -655,6 +660,14 @@ class QATTrainer(Trainer):
         if self.compression_ctrl is None:
             return super()._push_from_checkpoint(checkpoint_folder)
         if not self.is_world_process_zero() or getattr(self.args.hub_strategy, "value", self.args.hub_strategy) == "end":
+            return None
+        if is_sharded_checkpoint(checkpoint_folder):
+            if not getattr(self, "_warned_sharded_push", False):
+                self._warned_sharded_push = True
+                logger.warning(
+                    "hf_qat: under FSDP the checkpoints hold shards, not a model one process can load: they are not "
+                    "pushed during training; the gathered model is pushed at the end (push_to_hub after save_model)."
+                )
             return None
         push_qat_folder(
             checkpoint_folder,

@@ -1,0 +1,75 @@
+"""One process of the FSDP/DDP comparison (tests/transformers/test_fsdp.py), launched by accelerate or torchrun.
+
+    python fsdp_worker.py OUT MODEL MAX_STEPS [RESUME_FROM]
+
+MODEL is ``bert`` (tiny BERT, sequence classification) or ``gpt2`` (tiny GPT-2, causal LM). QATTrainer
+compresses, calibrates and trains on the same toy data in every launch, saving a checkpoint every 2 steps, then
+saves the gathered model to OUT/final. Each rank writes ``rank<r>.json`` (the process group it saw, the loss
+of every step) and ``quantizers_rank<r>.safetensors`` (every quantizer tensor, unsharded).
+"""
+
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from testing_utils import SEQ, VOCAB, quant_config, tiny_bert, tiny_gpt2, tiny_text_dataset  # noqa: E402
+
+from hf_qat.transformers import QATTrainer, QATTrainingArguments  # noqa: E402
+
+
+def quantizer_tensors(ctrl) -> dict[str, torch.Tensor]:
+    out = {}
+    for qid, q in sorted(ctrl.quantizers.items()):
+        for name, t in list(q.named_parameters(recurse=False)) + list(q.named_buffers(recurse=False)):
+            t = t.full_tensor() if hasattr(t, "full_tensor") else t  # DTensor shards: gathered (a collective)
+            out[f"{qid}::{name}"] = t.detach().clone().contiguous()
+    return out
+
+
+def main(out_dir: str, kind: str, max_steps: str, resume: str | None = None) -> None:
+    data = tiny_text_dataset(n=64, seq=SEQ, seed=3)
+    if kind == "gpt2":
+        model = tiny_gpt2()
+        data = data.map(lambda row: {"labels": row["input_ids"]})
+    else:
+        model = tiny_bert()
+    config = quant_config(initializer={"range": {"num_init_samples": 16, "type": "mean_min_max"}})
+    args = QATTrainingArguments(
+        output_dir=out_dir,
+        nncf_config=config,
+        max_steps=int(max_steps),
+        save_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
+    trainer = QATTrainer(model=model.train(), args=args, train_dataset=data)
+    trainer.train(resume_from_checkpoint=resume)
+    tensors = quantizer_tensors(trainer.compression_ctrl)
+    trainer.save_model(os.path.join(out_dir, "final"))
+    rank = args.process_index
+    save_file(tensors, os.path.join(out_dir, f"quantizers_rank{rank}.safetensors"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(
+            {
+                "world_size": args.world_size,
+                "fsdp": trainer.is_fsdp,
+                "global_step": trainer.state.global_step,
+                "losses": losses,
+                "vocab": VOCAB,
+            },
+            f,
+        )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
