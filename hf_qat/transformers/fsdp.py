@@ -15,12 +15,15 @@ What this module adds to accelerate:
   model's ``_no_split_modules``, which for BERT also names ``BertEmbeddings``; accelerate then shards the word
   embeddings a second time and fails inside torch. hf_qat keeps only the classes that do not hold the input or
   output embeddings (:func:`block_classes`).
-- **What cannot work is refused at start-up** (:func:`check_plugin`): FSDP1, CPU offload of parameters, a
-  class list that matches no module, or a unit boundary inside a quantized layer.
+- **What cannot work is refused at start-up** (:func:`check_plugin`): FSDP1, CPU offload of parameters,
+  16-bit mixed precision (it would cast the quantizers' scales), a class list that matches no module, or a
+  wrap policy that gives a quantizer a unit of its own.
 
 Weight quantizers are children of their layer, so they are sharded in that layer's block unit. Activation
-quantizers are held by the model's ``_hf_qat`` container: they are in the root unit, gathered once at the start
-of each forward (a few scalars per quantizer) and reduce-scattered with the root's gradients.
+quantizers are held by the model's ``_hf_qat`` container; before sharding, each one whose consumers all sit in
+one transformer block moves into that block (:func:`place_activation_quantizers`), so it is gathered, used and
+reduce-scattered with the block. The others (the pooler's, the classifier's) stay in the root unit. The gathered
+checkpoint names them as always (``_hf_qat.external_quantizers.<id>``): it loads in one process unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ __all__ = [
     "block_classes",
     "check_plugin",
     "is_fsdp_model",
+    "place_activation_quantizers",
+    "BLOCK_QUANTIZERS",
+    "saved_state_dict",
+    "wrapped_block_classes",
     "gather_full_state_dict",
     "original_class",
 ]
@@ -101,7 +108,7 @@ def check_plugin(plugin: Any, model: nn.Module) -> None:
     """Refuse, before anything is sharded, an FSDP set-up QAT cannot train correctly; fill in the block classes.
 
     Raises:
-        [`DistributedError`]: FSDP1, parameter CPU offload, a wrap class that matches no module, or a wrap policy
+        [`DistributedError`]: FSDP1, parameter CPU offload, 16-bit parameter mixed precision, a wrap class that matches no module, or a wrap policy
             that gives a quantizer a unit of its own (which would separate it from its layer).
     """
     from torch.distributed.fsdp import CPUOffloadPolicy
@@ -120,6 +127,14 @@ def check_plugin(plugin: Any, model: nn.Module) -> None:
             "been verified (it needs GPUs to test: the quantizers' range parameters would be stepped on the CPU "
             "copy). Set fsdp_offload_params: false; processes that train on the CPU need no offload."
         )
+    policy_dtype = getattr(plugin.mixed_precision_policy, "param_dtype", None)
+    if policy_dtype is not None and policy_dtype != torch.float32:
+        raise DistributedError(
+            f"FSDP: mixed precision casts every gathered parameter to {policy_dtype} for the forward, the "
+            "quantizers' scales included, so training would fake-quantize on a different grid from the float32 one "
+            "that is saved and exported. Train under FSDP in float32 (mixed_precision: 'no' in the accelerate "
+            "config, no --bf16/--fp16); bf16 and fp16 autocast work with one process or DDP."
+        )
     if _uses_transformer_policy(plugin):
         _fill_block_classes(plugin, model)
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
@@ -133,6 +148,14 @@ def check_plugin(plugin: Any, model: nn.Module) -> None:
                 "separating them from the layer that uses them. Raise fsdp_min_num_params, or wrap per transformer "
                 "block (fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP)."
             )
+
+
+def wrapped_block_classes(plugin: Any) -> list[str]:
+    """The class names the plugin gives units of their own per block (after :func:`check_plugin`); ``[]`` for a
+    size-based or no auto-wrap policy."""
+    if not _uses_transformer_policy(plugin):
+        return []
+    return list(plugin.transformer_cls_names_to_wrap or [])
 
 
 def _fill_block_classes(plugin: Any, model: nn.Module) -> None:
@@ -180,3 +203,62 @@ def gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+#: the attribute of a transformer block that holds the activation quantizers moved into it under FSDP
+BLOCK_QUANTIZERS = "_hf_qat_quantizers"
+
+
+def place_activation_quantizers(model: nn.Module, block_names: list[str]) -> dict[str, str]:
+    """Move every activation quantizer whose consumers all sit in one block (a module of a class in
+    ``block_names``) from the model's ``_hf_qat`` container into that block (``<block>._hf_qat_quantizers``),
+    so that FSDP shards it in the block's unit. The quantizers stay the same objects (the hooks and layers that
+    call them are untouched).
+
+    Returns:
+        `dict[str, str]`: state-dict key prefix in the moved layout -> the prefix a checkpoint stores
+        (``_hf_qat.external_quantizers.<id>.``); apply it with :func:`saved_state_dict`.
+    """
+    from ..torch.insertion import CONTAINER_NAME
+    from ..torch.tracing import parse_node_name
+
+    container = getattr(model, CONTAINER_NAME, None)
+    if container is None or not block_names:
+        return {}
+    blocks = {path: m for path, m in model.named_modules() if path and type(m).__name__ in block_names}
+    renames: dict[str, str] = {}
+    for qid in list(container.external_quantizers.keys()):
+        owners = set()
+        for point in qid.split(";"):
+            attrs, _, _ = parse_node_name(point.rsplit("|", 1)[0])
+            owners.add(_enclosing_block(".".join(attrs), blocks))
+        if len(owners) != 1 or None in owners:
+            continue  # used outside any block, or by two blocks: stays in the root unit
+        path = owners.pop()
+        holder = blocks[path]._modules.get(BLOCK_QUANTIZERS)
+        if holder is None:
+            holder = nn.ModuleDict()
+            blocks[path].add_module(BLOCK_QUANTIZERS, holder)
+        holder[qid] = container.external_quantizers[qid]
+        del container.external_quantizers[qid]
+        renames[f"{path}.{BLOCK_QUANTIZERS}.{qid}."] = f"{CONTAINER_NAME}.external_quantizers.{qid}."
+    return renames
+
+
+def _enclosing_block(path: str, blocks: dict[str, nn.Module]) -> str | None:
+    candidates = [b for b in blocks if path == b or path.startswith(b + ".")]
+    return max(candidates, key=len) if candidates else None
+
+
+def saved_state_dict(state_dict: dict[str, torch.Tensor], renames: dict[str, str]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the keys of moved quantizers back under the names a checkpoint stores."""
+    if not renames:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        for moved, saved in renames.items():
+            if key.startswith(moved):
+                key = saved + key[len(moved) :]
+                break
+        out[key] = value
+    return out

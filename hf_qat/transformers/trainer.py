@@ -46,7 +46,15 @@ from ..torch.init import register_default_init_args
 from ..torch.model_creation import create_compressed_model, is_compressed
 from .checkpointing import StagedCheckpoint, check_checkpoint, is_sharded_checkpoint
 from .evaluation import evaluate_onnx_file
-from .fsdp import check_plugin, enable_fsdp_on_cpu, gather_full_state_dict, original_class
+from .fsdp import (
+    check_plugin,
+    enable_fsdp_on_cpu,
+    gather_full_state_dict,
+    original_class,
+    place_activation_quantizers,
+    saved_state_dict,
+    wrapped_block_classes,
+)
 from .hub import base_model_of, task_of
 
 __all__ = ["QATTrainingArguments", "QATTrainer", "CompressionSchedulerCallback"]
@@ -260,6 +268,8 @@ class QATTrainer(Trainer):
         #: under FSDP: (folder, global step) of the last gathered save, and the model loaded back from it
         self._gathered_save: tuple[str, int] | None = None
         self._single_process: tuple[tuple[str, int], nn.Module] | None = None
+        #: under FSDP: activation quantizers moved into their blocks (moved key prefix -> saved prefix)
+        self._fsdp_renames: dict[str, str] | None = None
         if self.compression_ctrl is not None:
             self._attach(self.compression_ctrl)
 
@@ -342,8 +352,12 @@ class QATTrainer(Trainer):
                     "first and build the optimizer from the compressed model."
                 )
             self.compress(compression_state=state)
-        if self.is_fsdp:
-            check_plugin(self.accelerator.state.fsdp_plugin, self.model)
+        if self.is_fsdp and self._fsdp_renames is None:
+            plugin = self.accelerator.state.fsdp_plugin
+            check_plugin(plugin, self.model)
+            # activation quantizers into the block that uses them (then sharded in its unit)
+            blocks = wrapped_block_classes(plugin)
+            self._fsdp_renames = place_activation_quantizers(self.accelerator.unwrap_model(self.model), blocks)
         try:
             with self._timed("training"):
                 output = super().train(
@@ -532,7 +546,7 @@ class QATTrainer(Trainer):
             if self.args.should_save:
                 self._save_qat_metadata(output_dir)
             return None
-        state_dict = gather_full_state_dict(self.model)
+        state_dict = saved_state_dict(gather_full_state_dict(self.model), self._fsdp_renames or {})
         # a tied weight (GPT-2's lm_head) is stored once, under its first name, as save_pretrained does
         first: dict[int, str] = {}
         for name, param in self.model.named_parameters(remove_duplicate=False):

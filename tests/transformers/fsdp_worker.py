@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from testing_utils import SEQ, VOCAB, quant_config, tiny_bert, tiny_gpt2, tiny_text_dataset  # noqa: E402
+from testing_utils import SEQ, quant_config, tiny_bert, tiny_gpt2, tiny_text_dataset  # noqa: E402
 
+from hf_qat.torch.quantizers import BaseQuantizer  # noqa: E402
 from hf_qat.transformers import QATTrainer, QATTrainingArguments  # noqa: E402
 
 
@@ -28,6 +29,11 @@ def quantizer_tensors(ctrl) -> dict[str, torch.Tensor]:
             t = t.full_tensor() if hasattr(t, "full_tensor") else t  # DTensor shards: gathered (a collective)
             out[f"{qid}::{name}"] = t.detach().clone().contiguous()
     return out
+
+
+def local_bytes(tensors) -> int:
+    """Bytes this process holds for ``tensors`` (a DTensor's local shard only)."""
+    return sum((t.to_local() if hasattr(t, "to_local") else t).nelement() * t.element_size() for t in tensors)
 
 
 def main(out_dir: str, kind: str, max_steps: str, resume: str | None = None) -> None:
@@ -54,6 +60,8 @@ def main(out_dir: str, kind: str, max_steps: str, resume: str | None = None) -> 
     trainer = QATTrainer(model=model.train(), args=args, train_dataset=data)
     trainer.train(resume_from_checkpoint=resume)
     tensors = quantizer_tensors(trainer.compression_ctrl)
+    # where the activation quantizers are held: in their transformer block, or in the root's container
+    held = [n for n, m in trainer.model.named_modules() if isinstance(m, BaseQuantizer) and "weight_quantizer" not in n]
     trainer.save_model(os.path.join(out_dir, "final"))
     rank = args.process_index
     save_file(tensors, os.path.join(out_dir, f"quantizers_rank{rank}.safetensors"))
@@ -65,7 +73,13 @@ def main(out_dir: str, kind: str, max_steps: str, resume: str | None = None) -> 
                 "fsdp": trainer.is_fsdp,
                 "global_step": trainer.state.global_step,
                 "losses": losses,
-                "vocab": VOCAB,
+                "in_blocks": sum("._hf_qat_quantizers." in n for n in held),
+                "in_root": sum(n.startswith("_hf_qat.external_quantizers.") for n in held),
+                "activation_quantizers": len(trainer.compression_ctrl.activation_quantizers),
+                "local_parameter_bytes": local_bytes(trainer.model.parameters()),
+                "local_optimizer_bytes": local_bytes(
+                    t for st in trainer.optimizer.state.values() for t in st.values() if torch.is_tensor(t) and t.dim() > 0
+                ),
             },
             f,
         )

@@ -85,6 +85,15 @@ def test_fsdp_steps_equal_ddp_steps(runs, kind):
     torch.testing.assert_close(ranks(fsdp)[0]["losses"], ranks(ddp)[0]["losses"], rtol=1e-5, atol=1e-6)
     assert len(ranks(fsdp)[0]["losses"]) == 4
 
+    # activation quantizers sharded with the block that uses them; outside any block: the root unit
+    f0, d0 = ranks(fsdp)[0], ranks(ddp)[0]
+    outside = {"bert": 2, "gpt2": 1}[kind]  # BERT: pooler and classifier inputs; GPT-2: lm_head input
+    assert (f0["in_blocks"], f0["in_root"]) == (f0["activation_quantizers"] - outside, outside)
+    assert (d0["in_blocks"], d0["in_root"]) == (0, d0["activation_quantizers"])
+    # each process holds half of the parameters and optimizer state (DDP: all of it)
+    for key in ("local_parameter_bytes", "local_optimizer_bytes"):
+        assert 0.49 < f0[key] / d0[key] < 0.52, (key, f0[key], d0[key])
+
     # the gathered checkpoint holds the same tensors as DDP's, within float tolerance
     a, b = load_file(fsdp / "final" / "model.safetensors"), load_file(ddp / "final" / "model.safetensors")
     assert set(a) == set(b) and any(k.endswith("weight_quantizer.scale") for k in a)
@@ -96,9 +105,9 @@ def test_fsdp_steps_equal_ddp_steps(runs, kind):
     q0, q1 = (load_file(fsdp / f"quantizers_rank{r}.safetensors") for r in (0, 1))
     assert set(q0) == set(q1) and len(q0) > 50
     assert [k for k in q0 if not torch.equal(q0[k], q1[k])] == []
-    d0 = load_file(ddp / "quantizers_rank0.safetensors")
+    ddp_q = load_file(ddp / "quantizers_rank0.safetensors")
     for key in q0:
-        torch.testing.assert_close(q0[key], d0[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(q0[key], ddp_q[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def tiny_state(kind: str) -> dict:
@@ -195,6 +204,7 @@ def test_block_classes_leave_out_units_that_hold_embeddings():
         ({"cpu_offload": True}, "fsdp_offload_params is true"),
         ({"transformer_cls_names_to_wrap": ["GPT2Block"]}, "names 'GPT2Block', which is no module class of .*BertLayer"),
         ({"auto_wrap_policy": "size_based_wrap", "min_num_params": 0}, "quantizer\\(s\\) a unit of their own"),
+        ({"mixed_precision_policy": "bf16"}, "casts every gathered parameter to torch.bfloat16"),
     ],
 )
 def test_unsupported_fsdp_setups_are_refused_before_sharding(kw, message):
