@@ -4,7 +4,7 @@
 
 MODEL is ``bert`` (tiny BERT, sequence classification) or ``gpt2`` (tiny GPT-2, causal LM). QATTrainer
 compresses, calibrates and trains on the same toy data in every launch, saving a checkpoint every 2 steps, then
-saves the gathered model to OUT/final. Each rank writes ``rank<r>.json`` (the process group it saw, the loss
+saves the gathered model to OUT/final. ``FSDP_WORKER_CHECKPOINTING=1`` turns on gradient checkpointing. Each rank writes ``rank<r>.json`` (the process group it saw, the loss
 of every step) and ``quantizers_rank<r>.safetensors`` (every quantizer tensor, unsharded).
 """
 
@@ -56,6 +56,7 @@ def main(out_dir: str, kind: str, max_steps: str, resume: str | None = None) -> 
         seed=0,
         data_seed=0,
         disable_tqdm=True,
+        gradient_checkpointing=os.environ.get("FSDP_WORKER_CHECKPOINTING") == "1",
     )
     trainer = QATTrainer(model=model.train(), args=args, train_dataset=data)
     trainer.train(resume_from_checkpoint=resume)

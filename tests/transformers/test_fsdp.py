@@ -1,7 +1,7 @@
 """FSDP2 under accelerate on 2 CPU processes (gloo), compared with DDP on the same data.
 
-The launches use the repository's accelerate config (scripts/accelerate/fsdp_cpu.yaml) and
-tests/transformers/fsdp_worker.py; DDP runs the same worker under torchrun.
+The launches use the repository's accelerate config (scripts/accelerate/fsdp_cpu.yaml; fsdp.yaml on GPUs through
+scripts/accelerate/gpu_check.sh) and tests/transformers/fsdp_worker.py; DDP runs the same worker under torchrun.
 """
 
 import json
@@ -20,7 +20,8 @@ from hf_qat import DistributedError
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "fsdp_worker.py"
-FSDP_CONFIG = ROOT / "scripts" / "accelerate" / "fsdp_cpu.yaml"
+# scripts/accelerate/gpu_check.sh runs these tests with the GPU config (fsdp.yaml) on a machine with 2+ GPUs
+FSDP_CONFIG = ROOT / os.environ.get("HF_QAT_FSDP_CONFIG", "scripts/accelerate/fsdp_cpu.yaml")
 
 
 def _port() -> int:
@@ -147,11 +148,24 @@ def test_sharded_checkpoint_resumes_exactly_and_in_another_process_count(runs, t
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(tmp_path / "two" / "final" / "model.safetensors")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []  # same process count: bit for bit
 
+    if FSDP_CONFIG.name == "fsdp.yaml" and torch.cuda.device_count() < 3:
+        return  # a third process needs a third GPU
     run(fsdp_command(WORKER, processes=3) + [str(tmp_path / "three"), "bert", "4", str(checkpoint)])
     three = ranks(tmp_path / "three", 3)
     assert [r["world_size"] for r in three] == [3, 3, 3] and three[0]["global_step"] == 4
     # the first two steps are the checkpoint's (restored log); the next two ran on 3 processes
     assert three[0]["losses"][:2] == ranks(straight)[0]["losses"][:2] and len(three[0]["losses"]) == 4
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_under_fsdp_gives_the_same_training(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSDP_WORKER_CHECKPOINTING", "1")
+    run(fsdp_command(WORKER) + [str(tmp_path / "gc"), "bert", "4"])
+    a, b = (
+        load_file(runs / "fsdp_bert" / "final" / "model.safetensors"),
+        load_file(tmp_path / "gc" / "final" / "model.safetensors"),
+    )
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 @pytest.mark.slow
