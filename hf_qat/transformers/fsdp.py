@@ -44,6 +44,7 @@ __all__ = [
     "is_fsdp_model",
     "place_activation_quantizers",
     "BLOCK_QUANTIZERS",
+    "broadcast_from_main",
     "saved_state_dict",
     "wrapped_block_classes",
     "gather_full_state_dict",
@@ -262,3 +263,16 @@ def saved_state_dict(state_dict: dict[str, torch.Tensor], renames: dict[str, str
                 break
         out[key] = value
     return out
+
+
+def broadcast_from_main(model: nn.Module) -> None:
+    """Every parameter and buffer of ``model`` from rank 0 to all ranks, in place: what DDP does when it wraps a
+    model, and FSDP2 does not (each rank's shard would come from its own copy, so ranks that built a randomly
+    initialised head differently would silently train a mixture). A collective: every rank must call it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)

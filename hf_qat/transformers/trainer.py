@@ -47,6 +47,7 @@ from ..torch.model_creation import create_compressed_model, is_compressed
 from .checkpointing import StagedCheckpoint, check_checkpoint, is_sharded_checkpoint
 from .evaluation import evaluate_onnx_file
 from .fsdp import (
+    broadcast_from_main,
     check_plugin,
     enable_fsdp_on_cpu,
     gather_full_state_dict,
@@ -333,7 +334,7 @@ class QATTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint-* folder")
-        state = None
+        state, synced = None, False
         if resume_from_checkpoint:
             state = check_checkpoint(resume_from_checkpoint)
             if is_sharded_checkpoint(resume_from_checkpoint) and not self.is_fsdp:
@@ -351,10 +352,17 @@ class QATTrainer(Trainer):
                     "ranges. Pass no optimizer (QATTrainer builds one after compressing), or call trainer.compress() "
                     "first and build the optimizer from the compressed model."
                 )
+            if self.is_fsdp and self._fsdp_renames is None:  # every rank calibrates rank 0's model
+                broadcast_from_main(self.accelerator.unwrap_model(self.model))
+                synced = True
             self.compress(compression_state=state)
         if self.is_fsdp and self._fsdp_renames is None:
             plugin = self.accelerator.state.fsdp_plugin
             check_plugin(plugin, self.model)
+            # as DDP at wrap time: the same quantizers on every rank (else DistributedError), and rank 0's values
+            self.compression_ctrl.distributed()
+            if not synced:
+                broadcast_from_main(self.accelerator.unwrap_model(self.model))
             # activation quantizers into the block that uses them (then sharded in its unit)
             blocks = wrapped_block_classes(plugin)
             self._fsdp_renames = place_activation_quantizers(self.accelerator.unwrap_model(self.model), blocks)

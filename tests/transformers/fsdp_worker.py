@@ -4,7 +4,8 @@
 
 MODEL is ``bert`` (tiny BERT, sequence classification) or ``gpt2`` (tiny GPT-2, causal LM). QATTrainer
 compresses, calibrates and trains on the same toy data in every launch, saving a checkpoint every 2 steps, then
-saves the gathered model to OUT/final. ``FSDP_WORKER_CHECKPOINTING=1`` turns on gradient checkpointing. Each rank writes ``rank<r>.json`` (the process group it saw, the loss
+saves the gathered model to OUT/final. ``FSDP_WORKER_CHECKPOINTING=1`` turns on gradient checkpointing;
+``FSDP_WORKER_PERTURB=1`` gives rank 1 different weights before training. Each rank writes ``rank<r>.json`` (the process group it saw, the loss
 of every step) and ``quantizers_rank<r>.safetensors`` (every quantizer tensor, unsharded).
 """
 
@@ -58,6 +59,10 @@ def main(out_dir: str, kind: str, max_steps: str, resume: str | None = None) -> 
         disable_tqdm=True,
         gradient_checkpointing=os.environ.get("FSDP_WORKER_CHECKPOINTING") == "1",
     )
+    if os.environ.get("FSDP_WORKER_PERTURB") == "1" and args.process_index == 1:
+        with torch.no_grad():  # a head initialised differently on one rank
+            for p in model.parameters():
+                p.add_(0.01)
     trainer = QATTrainer(model=model.train(), args=args, train_dataset=data)
     trainer.train(resume_from_checkpoint=resume)
     tensors = quantizer_tensors(trainer.compression_ctrl)

@@ -169,6 +169,16 @@ def test_gradient_checkpointing_under_fsdp_gives_the_same_training(runs, tmp_pat
 
 
 @pytest.mark.slow
+def test_ranks_start_from_the_main_process_weights(runs, tmp_path, monkeypatch):
+    """As DDP does at wrap time: rank 1's different weights are replaced by rank 0's, before calibration."""
+    monkeypatch.setenv("FSDP_WORKER_PERTURB", "1")
+    run(fsdp_command(WORKER) + [str(tmp_path / "perturbed"), "bert", "4"])
+    a = load_file(runs / "fsdp_bert" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "perturbed" / "final" / "model.safetensors")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.slow
 def test_sharded_checkpoint_in_one_process_is_refused(runs, tmp_path):
     from hf_qat.transformers import QATTrainer, QATTrainingArguments
 
