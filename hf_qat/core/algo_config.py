@@ -40,6 +40,8 @@ class GroupSettings:
     bits: int = 8
     signed: bool | None = None
     per_channel: bool = False
+    #: hf_qat's extension (weights): group-wise scales along the input axis
+    group_size: int | None = None
     ignored_scopes: list[str] = field(default_factory=list)
     target_scopes: list[str] = field(default_factory=list)
 
@@ -150,6 +152,7 @@ class QuantizationSettings:
                 bits=g.get("bits", 8),
                 signed=g.get("signed"),
                 per_channel=g.get("per_channel", default_per_channel),
+                group_size=g.get("group_size"),
                 ignored_scopes=to_list(g.get("ignored_scopes")),
                 target_scopes=to_list(g.get("target_scopes")),
             )

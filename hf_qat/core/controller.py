@@ -90,6 +90,7 @@ class QuantizationControllerBase:
             num_enabled=sum(q.is_enabled_quantization for q in all_q),
             num_symmetric=sum(q.spec.symmetric for q in all_q),
             num_per_channel=sum(q.spec.per_channel for q in all_q),
+            num_per_group_size=QuantizationStatistics.bitwidth_histogram([q.spec.group_size for q in wq if q.spec.grouped]),
         )
         return CompressionStatistics(stats)
 

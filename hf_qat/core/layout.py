@@ -188,6 +188,7 @@ def quantization_scheme(ctrl: Any) -> dict[str, Any]:
             "bits": sorted(Counter(s.num_bits for s in specs)),
             "modes": sorted({s.mode.value for s in specs}),
             "per_channel": sorted({s.per_channel for s in specs}),
+            **({"group_size": sorted({s.group_size for s in specs if s.grouped})} if any(s.grouped for s in specs) else {}),
             "narrow_range": sorted({s.narrow_range for s in specs}),
             "half_range": sorted({s.half_range for s in specs}),
         }

@@ -16,7 +16,7 @@ from .renames import OP_RENAMES, translate_scope
 from .scopes import matches_any, nearest_names
 from .spec import QuantizerGroup, QuantizerSpec
 
-__all__ = ["group_spec", "quantizer_names", "validate_scopes"]
+__all__ = ["group_spec", "weight_group_size", "quantizer_names", "validate_scopes"]
 
 
 def validate_scopes(settings: QuantizationSettings, names: list[str]) -> None:
@@ -135,3 +135,20 @@ def group_spec(
         is_quantized_on_export=group is QuantizerGroup.WEIGHTS,
         compression_lr_multiplier=settings.compression_lr_multiplier,
     )
+
+
+def weight_group_size(settings: QuantizationSettings, names: list[str]) -> tuple[int | None, str]:
+    """``group_size`` of the weight quantizer at the nodes ``names`` (``None``: per-channel or per-tensor) and the
+    config path it comes from (``weights.group_size`` or the matching ``scope_overrides`` entry), for messages."""
+    override = settings.override_for(QuantizerGroup.WEIGHTS, names)
+    if "group_size" in override:
+        pattern = next(
+            (
+                p
+                for p, v in reversed(list(settings.scope_overrides.get("weights", {}).items()))
+                if "group_size" in v and any(matches_any(n, [p]) for n in names)
+            ),
+            "?",
+        )
+        return override["group_size"], f"$.compression.scope_overrides.weights[{pattern!r}].group_size"
+    return settings.weights.group_size, "$.compression.weights.group_size"

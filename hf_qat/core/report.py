@@ -21,6 +21,8 @@ class QuantizationStatistics:
     num_enabled: int = 0
     num_symmetric: int = 0
     num_per_channel: int = 0
+    #: group-wise weight quantizers by group size (hf_qat's extension; counted in ``num_per_channel`` too)
+    num_per_group_size: dict[int, int] = field(default_factory=dict)
 
     @property
     def num_quantizers(self) -> int:
@@ -38,6 +40,11 @@ class QuantizationStatistics:
             ("Activation bit-widths", _hist(self.num_aq_per_bitwidth)),
             ("Symmetric / asymmetric", f"{self.num_symmetric} / {self.num_quantizers - self.num_symmetric}"),
             ("Per-channel", f"{self.num_per_channel}"),
+            *(
+                [("Group-wise", ", ".join(f"{n} of group size {g}" for g, n in self.num_per_group_size.items()))]
+                if self.num_per_group_size
+                else []
+            ),
             ("Enabled quantizers", f"{self.num_enabled} ({self.ratio_of_enabled_quantizations:.1f}%)"),
         ]
         width = max(len(k) for k, _ in rows)

@@ -104,6 +104,12 @@ _QUANTIZER_GROUP = {
     "additionalProperties": False,
 }
 
+#: hf_qat's extension of NNCF's weights group: group-wise scales (one per ``group_size`` input channels of each
+#: output channel; ``null`` in a scope override keeps a layer per-channel)
+_GROUP_SIZE = {"type": ["integer", "null"], "minimum": 2}
+
+_WEIGHTS_GROUP = {**_QUANTIZER_GROUP, "properties": {**_QUANTIZER_GROUP["properties"], "group_size": _GROUP_SIZE}}
+
 _SCOPE_OVERRIDE = {
     "type": "object",
     "properties": {
@@ -116,6 +122,8 @@ _SCOPE_OVERRIDE = {
     },
     "additionalProperties": False,
 }
+
+_WEIGHTS_SCOPE_OVERRIDE = {**_SCOPE_OVERRIDE, "properties": {**_SCOPE_OVERRIDE["properties"], "group_size": _GROUP_SIZE}}
 
 _STAGED_PARAMS = {
     "type": "object",
@@ -139,14 +147,14 @@ QUANTIZATION_ALGO_SCHEMA: dict[str, Any] = {
         "algorithm": {"const": "quantization"},
         "initializer": _INITIALIZER,
         "preset": {"type": "string", "enum": ["performance", "mixed"]},
-        "weights": _QUANTIZER_GROUP,
+        "weights": _WEIGHTS_GROUP,
         "activations": _QUANTIZER_GROUP,
         "quantize_inputs": {"type": "boolean"},
         "quantize_outputs": {"type": "boolean"},
         "scope_overrides": {
             "type": "object",
             "properties": {
-                "weights": {"type": "object", "additionalProperties": _SCOPE_OVERRIDE},
+                "weights": {"type": "object", "additionalProperties": _WEIGHTS_SCOPE_OVERRIDE},
                 "activations": {"type": "object", "additionalProperties": _SCOPE_OVERRIDE},
             },
             "additionalProperties": False,

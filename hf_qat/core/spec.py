@@ -20,6 +20,7 @@ __all__ = [
     "tune_range",
     "export_levels",
     "scale_zero_point",
+    "grouped_scale_shape",
 ]
 
 
@@ -70,6 +71,13 @@ class QuantizerSpec:
         logarithm_scale (`bool`): kept for NNCF compatibility; always ``False`` in hf_qat.
         is_quantized_on_export (`bool`): weights are stored as integers on export.
         compression_lr_multiplier (`float`, *optional*): gradient multiplier of the range parameters.
+        group_size (`int`, *optional*): hf_qat's extension (weights only): one scale per block of ``group_size``
+            consecutive input channels of each output channel, instead of one per output channel.
+        group_axis (`int`, *optional*): with ``group_size``, the weight's input axis (Linear and Embedding 1,
+            transformers' Conv1D 0). ``scale_shape`` is then the weight's shape with that axis divided by
+            ``group_size`` and a trailing 1: the weight is quantized viewed as ``[..., groups, ..., group_size]``
+            (see :func:`grouped_scale_shape`). Both are left out of :meth:`to_state` when unset, so that
+            per-tensor and per-channel states keep NNCF's layout.
     """
 
     num_bits: int = 8
@@ -81,10 +89,19 @@ class QuantizerSpec:
     logarithm_scale: bool = False
     is_quantized_on_export: bool = False
     compression_lr_multiplier: float | None = None
+    group_size: int | None = None
+    group_axis: int | None = None
 
     def __post_init__(self) -> None:
         self.mode = QuantizationMode(self.mode)
         self.scale_shape = tuple(int(s) for s in self.scale_shape)
+        if (self.group_size is None) != (self.group_axis is None):
+            raise ValueError(f"`group_size` and `group_axis` go together, got {self.group_size} and {self.group_axis}")
+        if self.group_size is not None and (self.group_size < 2 or len(self.scale_shape) < 2 or self.scale_shape[-1] != 1):
+            raise ValueError(
+                f"a group-wise spec needs group_size >= 2 and a scale_shape ending in 1, got group_size="
+                f"{self.group_size}, scale_shape={list(self.scale_shape)}"
+            )
         if not 2 <= self.num_bits <= 8:
             raise ValueError(f"`num_bits` must be in [2, 8] for QAT, got {self.num_bits}")
         if self.half_range and self.num_bits < 3:
@@ -99,7 +116,16 @@ class QuantizerSpec:
         return any(s > 1 for s in self.scale_shape)
 
     @property
+    def grouped(self) -> bool:
+        """Whether the spec is group-wise (``group_size`` set)."""
+        return self.group_size is not None
+
+    @property
     def channel_axis(self) -> int | None:
+        """The axis of per-channel scales (``None`` per tensor, and for group-wise specs, whose scales span
+        two axes of the grouped view)."""
+        if self.grouped:
+            return None
         axes = [i for i, s in enumerate(self.scale_shape) if s > 1]
         return axes[0] if axes else None
 
@@ -116,6 +142,8 @@ class QuantizerSpec:
         state = asdict(self)
         state["mode"] = self.mode.value
         state["scale_shape"] = list(self.scale_shape)
+        if not self.grouped:  # NNCF's qspec has no such fields
+            del state["group_size"], state["group_axis"]
         return state
 
     @classmethod
@@ -177,3 +205,19 @@ def scale_zero_point(input_low: float, input_high: float, level_low: int, level_
     y_scale = span / (level_high - level_low)
     y_zp = round((level_low * input_high - level_high * input_low) / span)
     return y_scale, int(min(max(y_zp, level_low), level_high))
+
+
+def grouped_scale_shape(weight_shape: tuple[int, ...], input_axis: int, group_size: int) -> tuple[int, ...]:
+    """Scale shape of a group-wise weight quantizer: ``weight_shape`` with ``input_axis`` divided by
+    ``group_size``, plus a trailing 1 (Linear ``[out, in]`` -> ``[out, in / g, 1]``; Conv1D ``[in, out]`` ->
+    ``[in / g, out, 1]``).
+
+    Raises:
+        ValueError: ``group_size`` does not divide the input dimension (the message names both).
+    """
+    size = weight_shape[input_axis]
+    if group_size < 2 or size % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the input dimension {size}")
+    shape = list(weight_shape)
+    shape[input_axis] = size // group_size
+    return (*shape, 1)

@@ -17,11 +17,12 @@ from typing import Any
 import keras
 
 from ..core.algo_config import QuantizationSettings
-from ..core.placement import group_spec, validate_scopes
+from ..core.placement import group_spec, validate_scopes, weight_group_size
 from ..core.spec import QuantizerGroup, QuantizerSpec
 from ..core.state import QuantizationPoint, QuantizerSetup, TargetType
 from ..errors import (
     CompressionStateError,
+    ConfigError,
     NothingToQuantizeError,
     UnsupportedLayerError,
 )
@@ -189,6 +190,14 @@ def build_quantizer_setup(model: Any, settings: QuantizationSettings) -> Quantiz
             scale_shape = [1] * len(layout.shape)
             for a in layout.channel_axes:
                 scale_shape[a] = layout.shape[a]
+            group_size, where = weight_group_size(settings, [node.path])
+            if group_size is not None:
+                raise ConfigError(
+                    where,
+                    group_size,
+                    f"no group_size for {node.path}: group-wise weights are PyTorch-only in hf_qat (the Keras "
+                    "backend quantizes weights per channel or per tensor)",
+                )
             spec = group_spec(settings, QuantizerGroup.WEIGHTS, [node.path], tuple(scale_shape))
             # NNCF-TF rules: overflow fix trains 8-bit weights on 7 bits; weights are narrow-range otherwise
             is_conv = node.kind.name == "Conv"

@@ -14,7 +14,7 @@ from ..core.algo_config import QuantizationSettings
 from ..core.config import NNCFConfig
 from ..core.controller import CompressionStage, QuantizationControllerBase
 from ..core.state import QuantizerSetup
-from ..errors import DistributedError
+from ..errors import CompressionStateError, DistributedError
 from .checkpoint import to_nncf_state_dict
 from .insertion import CONTAINER_NAME
 from .layers import is_wrapped, unwrap_module
@@ -201,8 +201,22 @@ class QuantizationController(QuantizationControllerBase):
             #           load_state(model, ckpt["state_dict"], is_resume=True)
 
         hf_qat's own ``load_state`` reads both key layouts.
+
+        Raises:
+            [`CompressionStateError`]: the model has group-wise weight quantizers, which NNCF has no form for.
         """
+        self.refuse_group_wise("an NNCF 2.x checkpoint")
         return to_nncf_state_dict(self._model.state_dict())
+
+    def refuse_group_wise(self, target: str) -> None:
+        """Raise [`CompressionStateError`] naming the first group-wise weight quantizer, for formats without them."""
+        grouped = [qid for qid, q in self.quantizers.items() if q.spec.grouped]
+        if grouped:
+            raise CompressionStateError(
+                f"{target} cannot hold group-wise weight quantizers (hf_qat's group_size extension; {len(grouped)} "
+                f"here, first: {grouped[0]}). Save hf_qat's own checkpoint (save_pretrained / QATTrainer), or "
+                "quantize per channel for NNCF."
+            )
 
     # -- inference model --------------------------------------------------------------------
     def strip(self, do_copy: bool = True) -> nn.Module:

@@ -241,7 +241,7 @@ def run_range_init(
         names = [setup.points[i].target_node_name for i in group] + [setup.points[i].quantizer_id for i in group]
         qgroup = QuantizerGroup.WEIGHTS if qp.is_weight else QuantizerGroup.ACTIVATIONS
         r = settings.range_init_for(qgroup, names, qid)
-        channels = max(qp.qspec.scale_shape) if qp.qspec.per_channel else 1
+        channels = math.prod(qp.qspec.scale_shape) if qp.qspec.per_channel else 1
         collectors[qid] = make_collector(
             r.type,
             channels,

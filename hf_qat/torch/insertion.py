@@ -14,6 +14,7 @@ quantizer: a *unified scale group* in the compression state.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 from torch import nn
@@ -21,9 +22,10 @@ from torch import nn
 from ..core.algo_config import QuantizationSettings
 from ..core.placement import group_spec as _group_spec
 from ..core.placement import validate_scopes as _validate_scopes
-from ..core.spec import QuantizerGroup, QuantizerSpec
+from ..core.placement import weight_group_size as _weight_group_size
+from ..core.spec import QuantizerGroup, QuantizerSpec, grouped_scale_shape
 from ..core.state import QuantizationPoint, QuantizerSetup, TargetType
-from ..errors import CompressionStateError, NothingToQuantizeError
+from ..errors import CompressionStateError, ConfigError, NothingToQuantizeError
 from .layers import layer_kind, wrap_module
 from .op_hooks import MATMUL_OPS, OUTPUT_PORT, SDPA_OP, SDPA_PROBS_PORT, OpHookManager
 from .quantizers import BaseQuantizer, create_quantizer
@@ -69,6 +71,7 @@ def build_quantizer_setup(
                 shape = [1] * weight.dim()
                 shape[kind.channel_axis] = weight.shape[kind.channel_axis]
                 spec = _group_spec(settings, QuantizerGroup.WEIGHTS, [node.name], tuple(shape))
+                spec = _grouped(spec, settings, node.name, weight, kind.channel_axis)
                 is_conv = isinstance(module, (nn.Conv2d, nn.Conv3d))
                 if spec.num_bits == 8 and (
                     settings.overflow_fix == "enable"
@@ -116,6 +119,34 @@ def build_quantizer_setup(
             points[i].qspec = QuantizerSpec.from_state(points[g[0]].qspec.to_state())
             points[i].directly_quantized_operator_node_names = consumers
     return QuantizerSetup(dict(enumerate(points)), groups, aq_potential, wq_potential)
+
+
+def _grouped(spec: QuantizerSpec, settings: QuantizationSettings, node_name: str, weight, channel_axis: int) -> QuantizerSpec:
+    """``spec`` made group-wise when the config gives the layer a ``group_size`` (2-D weights: Linear, Conv1D,
+    Embedding; the input axis is the one that is not the output channel's).
+
+    Raises:
+        [`ConfigError`]: the layer is a convolution, or ``group_size`` does not divide its input dimension.
+    """
+    group_size, path = _weight_group_size(settings, [node_name])
+    if group_size is None:
+        return spec
+    if weight.dim() != 2:
+        raise ConfigError(
+            path,
+            group_size,
+            f"no group_size for {node_name}: group-wise scales apply to 2-D weights (Linear, Conv1D, "
+            f"Embedding), this weight has shape {list(weight.shape)}; exclude it with a scope_overrides entry whose "
+            "group_size is null",
+        )
+    input_axis = 1 - channel_axis
+    try:
+        shape = grouped_scale_shape(tuple(weight.shape), input_axis, group_size)
+    except ValueError:
+        raise ConfigError(
+            path, group_size, f"a divisor of the input dimension {weight.shape[input_axis]} of {node_name}"
+        ) from None
+    return dataclasses.replace(spec, scale_shape=shape, group_size=group_size, group_axis=input_axis)
 
 
 def _add_activation(points, tensor_of, settings, trace, node_name, port, key) -> None:
@@ -184,7 +215,19 @@ def apply_setup(model: nn.Module, setup: QuantizerSetup) -> tuple[dict[str, Base
                 continue
             shape = tuple(qp.qspec.scale_shape)
             expected = [1] * module.weight.dim()
-            if len(shape) > 1 or shape[0] != 1:
+            if qp.qspec.grouped:
+                try:
+                    fits = shape == grouped_scale_shape(tuple(module.weight.shape), qp.qspec.group_axis, qp.qspec.group_size)
+                except (ValueError, IndexError):
+                    fits = False
+                if not fits:
+                    problems.append(
+                        f"weight point {qp.target_node_name!r}: group-wise scale_shape {list(shape)} (group_size "
+                        f"{qp.qspec.group_size} along axis {qp.qspec.group_axis}) does not fit weight shape "
+                        f"{list(module.weight.shape)}"
+                    )
+                    continue
+            elif len(shape) > 1 or shape[0] != 1:
                 if len(shape) != module.weight.dim() or any(s not in (1, module.weight.shape[i]) for i, s in enumerate(shape)):
                     problems.append(
                         f"weight point {qp.target_node_name!r}: scale_shape {list(shape)} does not fit "

@@ -257,7 +257,13 @@ class NNCFEmbedding(QuantizedLayerMixin, nn.Embedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         wq = self.weight_quantizer
-        if wq is None or self.max_norm is not None or not wq.is_enabled_quantization or wq._collector is not None:
+        if (
+            wq is None
+            or self.max_norm is not None
+            or not wq.is_enabled_quantization
+            or wq._collector is not None
+            or wq.spec.grouped
+        ):
             weight = self._hf_qat_weight()
             return self._hf_qat_quantize_output(
                 F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)

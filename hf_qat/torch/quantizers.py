@@ -129,12 +129,28 @@ class BaseQuantizer(nn.Module):
     def _param_versions(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.parameters(recurse=False))
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` fake-quantized (group-wise specs: viewed as groups, then back to ``x``'s shape)."""
+        params = list(self.parameters(recurse=False))
+        if not self.spec.grouped:
+            return self._quantize_with(x, *params)
+        return self._ungroup(self._quantize_with(self._group(x), *params), x)
+
+    def _group(self, x: torch.Tensor) -> torch.Tensor:
+        """A group-wise quantizer's view of ``x``: the input axis split into ``[groups, group_size]``, the
+        group-size axis last (matching ``scale_shape``)."""
+        axis = self.spec.group_axis
+        return x.unflatten(axis, (-1, self.spec.group_size)).movedim(axis + 1, -1)
+
+    def _ungroup(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        axis = self.spec.group_axis
+        return y.movedim(-1, axis + 1).reshape(like.shape)
 
     def quantize_rows(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Quantize rows looked up from a weight table quantized per row (axis 0) or per tensor."""
         params = list(self.parameters(recurse=False))
+        if self.spec.grouped:
+            raise ValueError("row-wise quantization of a group-wise quantizer: quantize the whole table instead")
         if self.spec.per_channel:
             if self.spec.channel_axis != 0:
                 raise ValueError("row-wise quantization needs per-channel axis 0")
@@ -175,7 +191,9 @@ class BaseQuantizer(nn.Module):
         _, _, step, zp = self.grid_tensors()
         inv_step = 1.0 / step
         x = x.detach().float()
-        return torch.clamp(torch.round(x * inv_step) + zp, ll, lh).to(torch.int32)
+        xg = self._group(x) if self.spec.grouped else x
+        q = torch.clamp(torch.round(xg * inv_step) + zp, ll, lh).to(torch.int32)
+        return self._ungroup(q, x) if self.spec.grouped else q
 
     # -- range initialisation -----------------------------------------------------------------
     def start_collecting(self, collector: RangeCollector) -> None:
@@ -188,6 +206,12 @@ class BaseQuantizer(nn.Module):
 
     def collect_weight(self, weight: torch.Tensor, collector: RangeCollector) -> None:
         """Feed a weight tensor (one sample, channels on the spec's axis) to ``collector``."""
+        if self.spec.grouped:  # one "channel" per group, in scale_shape's order
+            grouped = self._group(weight.detach())
+            stats = batch_statistics(grouped.reshape(1, -1, self.spec.group_size), 1, collector.needs_values)
+            if stats is not None:
+                collector.update(stats[1])
+            return
         axis = self.spec.channel_axis
         stats = batch_statistics(weight.unsqueeze(0), None if axis is None else axis + 1, collector.needs_values)
         if stats is not None:
@@ -254,9 +278,6 @@ class SymmetricQuantizer(BaseQuantizer):
     def _sync_from_buffers(self) -> None:
         self._signed = bool(self.signed_tensor.item())
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return self._quantize_with(x, self.scale)
-
     def _quantize_with(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         ll, lh = self.levels()
         return fake_quantize_symmetric(x, scale, ll, lh)
@@ -288,9 +309,6 @@ class AsymmetricQuantizer(BaseQuantizer):
     @property
     def signed(self) -> bool:
         return False
-
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return self._quantize_with(x, self.input_low, self.input_range)
 
     def _quantize_with(self, x: torch.Tensor, input_low: torch.Tensor, input_range: torch.Tensor) -> torch.Tensor:
         ll, lh = self.levels()

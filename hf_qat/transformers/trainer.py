@@ -356,6 +356,13 @@ class QATTrainer(Trainer):
                 broadcast_from_main(self.accelerator.unwrap_model(self.model))
                 synced = True
             self.compress(compression_state=state)
+        grouped = [qid for qid, q in self.compression_ctrl.quantizers.items() if q.spec.grouped]
+        if self.args.export_onnx and grouped:  # refused now, not after training
+            raise ExportError(
+                f"export_onnx: {len(grouped)} weight quantizer(s) are group-wise (first: {grouped[0]}), which the ONNX "
+                "exporter does not write yet. Train without export_onnx (the checkpoint holds the trained model), or "
+                "quantize per channel."
+            )
         if self.is_fsdp and self._fsdp_renames is None:
             plugin = self.accelerator.state.fsdp_plugin
             check_plugin(plugin, self.model)

@@ -275,6 +275,14 @@ def onnx_export_mode(model: nn.Module, quantized: bool = True) -> Iterator[Expor
 
 
 def _prepare_weight(layer: nn.Module, wq: BaseQuantizer, qid: str, added: list) -> None:
+    if wq.spec.grouped:
+        raise ExportError(
+            f"weight quantizer {qid!r} is group-wise ({wq.spec.num_bits} bits, group_size {wq.spec.group_size}): the "
+            "ONNX exporter writes per-channel and per-tensor weights only; group-wise (blocked DequantizeLinear, "
+            "opset 21) export is not implemented yet. Train and checkpoint the model, or quantize it per channel "
+            "for an ONNX file.",
+            module=qid,
+        )
     weight = layer.weight.detach()
     try:
         p: QDQParams = qdq_params(wq, ndim=weight.dim())

@@ -1,0 +1,167 @@
+"""Group-wise weight quantizers (hf_qat's ``group_size`` extension): grid, gradients, config, state, refusals."""
+
+import json
+
+import pytest
+import torch
+from testing_utils import inputs_of, quant_config, text_batches, tiny_bert, tiny_gpt2
+
+from hf_qat import (
+    CompressionStateError,
+    ConfigError,
+    ExportError,
+    NNCFConfig,
+    create_compressed_model,
+    register_default_init_args,
+)
+from hf_qat.core.spec import QuantizerSpec, grouped_scale_shape
+from hf_qat.torch.quantizers import create_quantizer
+
+GPT2_4BIT = {
+    "weights": {"bits": 4, "group_size": 16},
+    # embeddings and lm_head commonly stay at 8 bits, per channel
+    "scope_overrides": {"weights": {"{re}.*(wte|wpe|lm_head).*": {"bits": 8, "group_size": None}}},
+}
+
+
+def compress(model, **algo):
+    batches = [inputs_of(b) for b in text_batches(with_token_types=False)]
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config(**algo)), batches)
+    ctrl, model = create_compressed_model(model, config)
+    return ctrl, model, batches
+
+
+def grouped_spec(bits=4, mode="symmetric", weight_shape=(6, 32), axis=1, group=8):
+    return QuantizerSpec(
+        num_bits=bits,
+        mode=mode,
+        scale_shape=grouped_scale_shape(weight_shape, axis, group),
+        group_size=group,
+        group_axis=axis,
+    )
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("axis", [1, 0])  # Linear [out, in] and transformers' Conv1D [in, out]
+def test_group_wise_equals_per_channel_on_the_grouped_view(mode, bits, axis):
+    """A group-wise quantizer is a per-channel quantizer on the weight viewed as [..., group_size]: same
+    outputs and the same gradients for the weight and the range parameters (NNCF's), bit for bit."""
+    torch.manual_seed(0)
+    shape = (6, 32) if axis == 1 else (32, 6)
+    q = create_quantizer(grouped_spec(bits, mode, shape, axis))
+    ref = create_quantizer(
+        QuantizerSpec(num_bits=bits, mode=mode, scale_shape=(q.spec.scale_shape[0] * q.spec.scale_shape[1], 1))
+    )
+    with torch.no_grad():
+        for p, r in zip(q.parameters(), ref.parameters()):
+            p.copy_(torch.rand(p.shape) * 0.5 + 0.2 if p.shape == q.spec.scale_shape else p)
+            r.copy_(p.reshape(r.shape))
+    w = torch.randn(shape, requires_grad=True)
+    out = q(w)
+    grouped_view = w.unflatten(axis, (-1, 8)).movedim(axis + 1, -1)
+    w_ref = grouped_view.detach().reshape(-1, 8).requires_grad_(True)
+    out_ref = ref(w_ref)
+    torch.testing.assert_close(out, out_ref.reshape(grouped_view.shape).movedim(-1, axis + 1).reshape(shape), rtol=0, atol=0)
+    g = torch.randn(shape)
+    out.backward(g)
+    g_view = g.unflatten(axis, (-1, 8)).movedim(axis + 1, -1).reshape(-1, 8)
+    out_ref.backward(g_view)
+    torch.testing.assert_close(w.grad.unflatten(axis, (-1, 8)).movedim(axis + 1, -1).reshape(-1, 8), w_ref.grad, rtol=0, atol=0)
+    for p, r in zip(q.parameters(), ref.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+        torch.testing.assert_close(p.grad.reshape(r.grad.shape), r.grad, rtol=1e-6, atol=1e-7)
+    # every group on its own grid: at most 2^bits levels, integers inside the grid
+    ints = q.to_integers(w)
+    ll, lh = q.levels()
+    assert ints.shape == w.shape and int(ints.min()) >= ll and int(ints.max()) <= lh
+    levels = out.detach().unflatten(axis, (-1, 8)).movedim(axis + 1, -1).reshape(-1, 8)
+    assert max(len(set(row.tolist())) for row in levels) <= 2**bits
+
+
+def test_gpt2_blocks_at_4_bits_grouped_embeddings_and_lm_head_at_8_per_channel():
+    ctrl, model, batches = compress(tiny_gpt2(), **GPT2_4BIT)
+    grouped = {qid: q for qid, q in ctrl.weight_quantizers.items() if q.spec.grouped}
+    plain = {qid: q for qid, q in ctrl.weight_quantizers.items() if not q.spec.grouped}
+    assert len(grouped) == 8 and all(q.spec.num_bits == 4 and q.spec.group_size == 16 for q in grouped.values())
+    assert sorted(qid.rsplit("/", 2)[-2] for qid in plain) == ["NNCFEmbedding[wpe]", "NNCFEmbedding[wte]", "NNCFLinear[lm_head]"]
+    assert all(q.spec.num_bits == 8 and q.spec.per_channel for q in plain.values())
+    c_fc = next(q for qid, q in grouped.items() if "c_fc" in qid)
+    assert c_fc.spec.scale_shape == (2, 128, 1) and c_fc.spec.group_axis == 0  # Conv1D [32 in, 128 out], 2 groups
+    # ranges initialised per group from the weights: every group's absolute maximum on the grid's top level
+    layer = next(m for m in model.modules() if getattr(m, "weight_quantizer", None) is c_fc)
+    absmax = layer.weight.detach().unflatten(0, (2, 16)).movedim(1, -1).abs().amax(-1, keepdim=True)
+    torch.testing.assert_close(c_fc.scale.detach(), absmax)
+    assert "Group-wise" in ctrl.statistics().to_str() and "8 of group size 16" in ctrl.statistics().to_str()
+    out = model(**batches[0], labels=batches[0]["input_ids"])
+    out.loss.backward()
+    assert all(q.scale.grad is not None and q.scale.grad.abs().sum() > 0 for q in grouped.values())
+
+
+def test_group_wise_state_round_trip_and_formats_without_groups(tmp_path):
+    ctrl, model, batches = compress(tiny_gpt2(), **GPT2_4BIT)
+    with torch.no_grad():
+        for q in ctrl.weight_quantizers.values():
+            q.scale.mul_(0.9)  # trained values, not the initial ones
+    state = json.loads(json.dumps(ctrl.get_compression_state()))
+    points = state["builder_state"]["quantization"]["quantizer_setup"]["quantization_points"]
+    specs = [p["qspec"] for p in points.values()]
+    assert sum("group_size" in s for s in specs) == 8 and all(s.get("group_size") in (None, 16) for s in specs)
+    ctrl2, model2 = create_compressed_model(tiny_gpt2(), NNCFConfig.from_dict(quant_config(**GPT2_4BIT)), compression_state=state)
+    model2.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model2(**batches[0]).logits, model(**batches[0]).logits)
+
+    with pytest.raises(CompressionStateError, match="NNCF 2.x checkpoint cannot hold group-wise"):
+        ctrl.nncf_state_dict()
+    from hf_qat.torch.export import export_onnx
+
+    with pytest.raises(ExportError, match="group-wise .*not implemented yet"):
+        export_onnx(model, tmp_path / "model.onnx", batches[0])
+    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "algo, message",
+    [
+        (
+            {"weights": {"bits": 4, "group_size": 12}},
+            "weights.group_size: found 12; expected a divisor of the input dimension 32 of .*word_embeddings",
+        ),
+        (
+            {"weights": {"group_size": 16}, "scope_overrides": {"weights": {"{re}.*query.*": {"group_size": 5}}}},
+            "scope_overrides.weights\\['\\{re\\}.\\*query.\\*'\\].group_size: found 5; expected a divisor of the input dimension 32",
+        ),
+        ({"weights": {"bits": 9, "group_size": 16}}, "bits"),
+        ({"weights": {"bits": 1, "group_size": 16}}, "bits"),
+        ({"weights": {"group_size": 1}}, "group_size"),
+        ({"activations": {"group_size": 16}}, "group_size"),
+    ],
+)
+def test_bad_group_settings_are_refused_before_anything_is_built(algo, message):
+    with pytest.raises(ConfigError, match=message):
+        compress(tiny_bert(), **algo)
+
+
+def test_a_convolution_refuses_group_size():
+    from testing_utils import PlainConvNet
+
+    x = torch.randn(2, 3, 16, 16)
+    config = register_default_init_args(NNCFConfig.from_dict(quant_config(weights={"bits": 4, "group_size": 2})), [(x,)])
+    with pytest.raises(ConfigError, match="group-wise scales apply to 2-D weights"):
+        create_compressed_model(PlainConvNet(), config)
+
+
+def test_trainer_with_export_refuses_group_wise_before_training(tmp_path):
+    from testing_utils import tiny_text_dataset
+
+    from hf_qat.transformers import QATTrainer, QATTrainingArguments
+
+    args = QATTrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, report_to=[], use_cpu=True, export_onnx=True, nncf_config=quant_config(**GPT2_4BIT)
+    )
+    data = tiny_text_dataset(n=8).map(lambda row: {"labels": row["input_ids"]})
+    trainer = QATTrainer(model=tiny_gpt2(), args=args, train_dataset=data)
+    with pytest.raises(ExportError, match="group-wise"):
+        trainer.train()
+    assert trainer.state.global_step == 0
