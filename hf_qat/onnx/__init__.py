@@ -13,7 +13,7 @@ from .openvino import (
     convert_to_openvino,
     remove_openvino_files,
 )
-from .runtime import RUNTIMES, OnnxRunner, load_runner
+from .runtime import RUNTIMES, OnnxRunner, load_runner, optimized_op_counts
 from .summary import OnnxSummary, summarize
 from .verify import (
     MAX_TIE_FRACTION,
@@ -37,6 +37,7 @@ __all__ = [
     "RUNTIMES",
     "OnnxRunner",
     "load_runner",
+    "optimized_op_counts",
     "OnnxSummary",
     "summarize",
     "MAX_TIE_FRACTION",

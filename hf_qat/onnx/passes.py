@@ -5,7 +5,8 @@
 - :func:`shorten_quantizer_names`: long quantizer ids in graph names become ``aq<i>`` (:mod:`.names`);
 - :func:`set_quantizer_grids`: the trained step and zero point written into converter-made Q/DQ nodes;
 - :func:`fold_weight_quantize_linear`: ``QuantizeLinear`` of constant weights folded into int8 initializers;
-- :func:`replace_erfc`: TensorFlow's ``Erfc`` (which ONNX lacks) rewritten as ``1 - Erf``.
+- :func:`replace_erfc`: TensorFlow's ``Erfc`` (which ONNX lacks) rewritten as ``1 - Erf``;
+- :func:`pack_int4_weights`: group-wise weights (blocked ``DequantizeLinear``) stored as int4/uint4.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "set_quantizer_grids",
     "fold_weight_quantize_linear",
     "replace_erfc",
+    "pack_int4_weights",
 ]
 
 
@@ -241,3 +243,52 @@ def replace_erfc(model: onnx.ModelProto) -> int:
         graph.node.extend(nodes)
         onnx.checker.check_model(model)
     return count
+
+
+_PACKED = {onnx.TensorProto.INT8: (onnx.TensorProto.INT4, -8, 7), onnx.TensorProto.UINT8: (onnx.TensorProto.UINT4, 0, 15)}
+
+
+def pack_int4_weights(model: onnx.ModelProto) -> int:
+    """Store the integer weights and zero points of blocked ``DequantizeLinear`` nodes (group-wise weights,
+    ``block_size`` set) as ``INT4``/``UINT4`` initializers (two values per byte) when their values fit 4 bits.
+
+    The exporters emit them as int8/uint8 (PyTorch has no 4-bit tensors to trace); the values are already on
+    the trained grid, so packing changes the storage, not a single value. An initializer that another node also
+    reads keeps its type (with every node that reads it). Returns the number of nodes packed.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    candidates: dict[int, tuple[onnx.NodeProto, list[str]]] = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not any(a.name == "block_size" for a in node.attribute):
+            continue
+        names = [node.input[0]] + ([node.input[2]] if len(node.input) > 2 and node.input[2] else [])
+        tensors = [inits.get(n) for n in names]
+        if any(t is None or t.data_type not in _PACKED for t in tensors) or len({t.data_type for t in tensors}) != 1:
+            continue
+        _, low, high = _PACKED[tensors[0].data_type]
+        arrays = [numpy_helper.to_array(t) for t in tensors]
+        if any(a.size and (a.min() < low or a.max() > high) for a in arrays):
+            continue  # 5-8-bit grids stay 8-bit
+        candidates[id(node)] = (node, names)
+    changed = True
+    while changed:  # drop nodes whose initializers other nodes also read
+        changed = False
+        for key, (_, names) in list(candidates.items()):
+            if any(id(r) not in candidates for n in names for r in readers[n]):
+                del candidates[key]
+                changed = True
+    packed_names = {n for _, names in candidates.values() for n in names}
+    for name in packed_names:
+        t = inits[name]
+        target = _PACKED[t.data_type][0]
+        a = numpy_helper.to_array(t)
+        t.CopyFrom(helper.make_tensor(name, target, list(a.shape), a.astype(np.int32).flatten().tolist()))
+    for info in [*graph.value_info, *graph.input]:  # declared types follow the initializers
+        if info.name in packed_names:
+            info.type.tensor_type.elem_type = inits[info.name].data_type
+    return len(candidates)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "OnnxRunner", "load_runner"]
+__all__ = ["RUNTIMES", "OnnxRunner", "load_runner", "optimized_op_counts"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -93,3 +93,25 @@ def load_runner(
 ) -> OnnxRunner:
     """Load ``path`` in ``runtime``; see [`OnnxRunner`]."""
     return OnnxRunner(path, runtime, optimize, num_threads)
+
+
+def optimized_op_counts(path: str | os.PathLike) -> dict[str, int]:
+    """Operators of the graph ONNX Runtime (CPU) actually runs for ``path``, after its default optimisations:
+    which QDQ patterns it fused into integer kernels (``MatMulNBits`` for 4-bit weights, ``MatMulIntegerToFloat``,
+    ``QLinearMatMul`` ...). ``{op_type: count}``, most frequent first."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError('ONNX Runtime is not installed: pip install "hf_qat[onnx]" (or onnxruntime)') from e
+    with tempfile.TemporaryDirectory(prefix="hf_qat_ort_") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+        return dict(Counter(n.op_type for n in graph.node).most_common())

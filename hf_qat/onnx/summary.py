@@ -13,6 +13,7 @@ __all__ = ["OnnxSummary", "summarize"]
 
 _STANDARD_DOMAINS = {"", "ai.onnx"}
 _INT8_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+_INT4_TYPES = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
 @dataclass
@@ -25,6 +26,7 @@ class OnnxSummary:
         opset: the default-domain opset.
         int8_initializers: names of int8/uint8 initializers that hold weights (zero points excluded).
         int8_weight_bytes / float_weight_bytes: bytes of int8 and floating-point initializers.
+        int4_initializers / int4_weight_bytes: the same for int4/uint4 weights (group-wise, packed two per byte).
         inputs / outputs: ``{name: [dims]}`` with symbolic dims as strings.
     """
 
@@ -33,6 +35,8 @@ class OnnxSummary:
     opset: int | None = None
     int8_initializers: list[str] = field(default_factory=list)
     int8_weight_bytes: int = 0
+    int4_initializers: list[str] = field(default_factory=list)
+    int4_weight_bytes: int = 0
     float_weight_bytes: int = 0
     inputs: dict[str, list] = field(default_factory=dict)
     outputs: dict[str, list] = field(default_factory=dict)
@@ -54,6 +58,8 @@ def _nbytes(t: onnx.TensorProto) -> int:
     n = 1
     for d in t.dims:
         n *= d
+    if t.data_type in _INT4_TYPES:
+        return (n + 1) // 2
     return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
@@ -84,6 +90,10 @@ def summarize(model: onnx.ModelProto | str | os.PathLike) -> OnnxSummary:
                 if size > 1 and init.name not in zero_points:
                     s.int8_initializers.append(init.name)
                     s.int8_weight_bytes += _nbytes(init)
+            elif init.data_type in _INT4_TYPES:
+                if init.name not in zero_points:
+                    s.int4_initializers.append(init.name)
+                    s.int4_weight_bytes += _nbytes(init)
             elif init.data_type in (
                 onnx.TensorProto.FLOAT,
                 onnx.TensorProto.FLOAT16,

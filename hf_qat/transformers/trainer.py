@@ -357,11 +357,11 @@ class QATTrainer(Trainer):
                 synced = True
             self.compress(compression_state=state)
         grouped = [qid for qid, q in self.compression_ctrl.quantizers.items() if q.spec.grouped]
-        if self.args.export_onnx and grouped:  # refused now, not after training
+        if self.args.export_onnx and grouped and self.args.onnx_opset < 21:  # refused now, not after training
             raise ExportError(
-                f"export_onnx: {len(grouped)} weight quantizer(s) are group-wise (first: {grouped[0]}), which the ONNX "
-                "exporter does not write yet. Train without export_onnx (the checkpoint holds the trained model), or "
-                "quantize per channel."
+                f"export_onnx: weight quantizer {grouped[0]!r} is group-wise: its blocked DequantizeLinear needs "
+                f"onnx_opset 21, asked: {self.args.onnx_opset}. Pass --onnx_opset 21. Nothing was trained or written.",
+                module=grouped[0],
             )
         if self.is_fsdp and self._fsdp_renames is None:
             plugin = self.accelerator.state.fsdp_plugin

@@ -114,11 +114,66 @@ def test_group_wise_state_round_trip_and_formats_without_groups(tmp_path):
 
     with pytest.raises(CompressionStateError, match="NNCF 2.x checkpoint cannot hold group-wise"):
         ctrl.nncf_state_dict()
+
+
+def test_int4_export_below_opset_21_is_refused_before_writing(tmp_path):
     from hf_qat.torch.export import export_onnx
 
-    with pytest.raises(ExportError, match="group-wise .*not implemented yet"):
-        export_onnx(model, tmp_path / "model.onnx", batches[0])
+    ctrl, model, batches = compress(tiny_gpt2(), **GPT2_4BIT)
+    with pytest.raises(ExportError, match="'.*c_attn.*' is group-wise \\(group_size 16\\).*needs opset 21, asked: 18"):
+        export_onnx(model, tmp_path / "model.onnx", batches[0], opset=18)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def _int4_arrays(path) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    kinds = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    return {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type in kinds}
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "asymmetric"])
+def test_int4_onnx_holds_the_trained_grid_and_runs_in_onnxruntime_and_openvino(tmp_path, mode):
+    """Blocked DequantizeLinear (opset 21) with int4/uint4 initializers: the trained integers, verified quantizer by
+    quantizer in ONNX Runtime; embeddings and lm_head stay int8."""
+    import onnx
+
+    from hf_qat.onnx import convert_to_openvino
+    from hf_qat.torch.export import export_onnx
+
+    algo = {**GPT2_4BIT, "weights": {**GPT2_4BIT["weights"], "mode": mode}}
+    ctrl, model, batches = compress(tiny_gpt2(), **algo)
+    result = export_onnx(model, tmp_path / "model.onnx", batches[0], opset=21)
+    assert all(r.ok for r in result.verification) and result.opset == 21
+    assert len(result.summary.int4_initializers) == 8 and len(result.summary.int8_initializers) == 3
+    assert "8 int4" in str(result) or "(8 int4)" in str(result)
+    blocked = [
+        n for n in onnx.load(str(result.path)).graph.node
+        if n.op_type == "DequantizeLinear" and any(a.name == "block_size" and a.i == 16 for a in n.attribute)
+    ]  # fmt: skip
+    assert len(blocked) == 8
+    # the file's integers are the trained grid's: c_fc of block 0 ([32 in, 128 out], no transpose)
+    c_fc = next(m for n, m in model.named_modules() if n.endswith("h.0.mlp.c_fc"))
+    stored = next(a for name, a in _int4_arrays(result.path).items() if "h.0.mlp.c_fc" in name and a.shape == (32, 128))
+    assert (stored == c_fc.weight_quantizer.to_integers(c_fc.weight).numpy()).all()
+    ov = convert_to_openvino(result.path, inputs=result.inputs)
+    assert ov.ok and ov.constant_types.get("i4" if mode == "symmetric" else "u4", 0) >= 8
+
+
+def test_weight_only_int4_runs_on_onnxruntime_4_bit_kernels(tmp_path):
+    """Without activation quantizers, ONNX Runtime fuses every blocked DequantizeLinear -> MatMul into MatMulNBits."""
+    from hf_qat.torch.export import export_onnx
+
+    ctrl, model, batches = compress(tiny_bert(), weights={"bits": 4, "group_size": 16}, validate_scopes=False)
+    for q in ctrl.activation_quantizers.values():
+        q.disable_quantization()
+    result = export_onnx(model, tmp_path / "model.onnx", batches[0], opset=21)
+    assert all(r.ok for r in result.verification)
+    linears = sum(1 for qid in ctrl.weight_quantizers if "NNCFLinear" in qid.rsplit("/", 2)[-2])
+    assert linears == 14 and result.onnxruntime_ops["MatMulNBits"] == linears
+    assert "14 MatMulNBits" in str(result)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +207,7 @@ def test_a_convolution_refuses_group_size():
         create_compressed_model(PlainConvNet(), config)
 
 
-def test_trainer_with_export_refuses_group_wise_before_training(tmp_path):
+def test_trainer_refuses_an_int4_export_below_opset_21_before_training(tmp_path):
     from testing_utils import tiny_text_dataset
 
     from hf_qat.transformers import QATTrainer, QATTrainingArguments
@@ -162,6 +217,12 @@ def test_trainer_with_export_refuses_group_wise_before_training(tmp_path):
     )
     data = tiny_text_dataset(n=8).map(lambda row: {"labels": row["input_ids"]})
     trainer = QATTrainer(model=tiny_gpt2(), args=args, train_dataset=data)
-    with pytest.raises(ExportError, match="group-wise"):
+    with pytest.raises(ExportError, match="group-wise: its blocked DequantizeLinear needs onnx_opset 21, asked: 18"):
         trainer.train()
-    assert trainer.state.global_step == 0
+    assert trainer.state.global_step == 0 and not (tmp_path / "model.onnx").exists()
+
+    args.onnx_opset = 21
+    trainer = QATTrainer(model=tiny_gpt2(), args=args, train_dataset=data)
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.onnx_result.opset == 21
+    assert len(trainer.onnx_result.summary.int4_initializers) == 8 and (tmp_path / "openvino_model.xml").is_file()

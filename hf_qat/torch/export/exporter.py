@@ -38,7 +38,8 @@ from torch import nn
 
 from ..._version import __version__
 from ...errors import ExportError
-from ...onnx.passes import shorten_quantizer_names, split_shared_quantizers
+from ...onnx.passes import pack_int4_weights, shorten_quantizer_names, split_shared_quantizers
+from ...onnx.runtime import optimized_op_counts
 from ...onnx.summary import OnnxSummary, summarize
 from ...onnx.verify import VerificationReport
 from ...utils.io import atomic_path
@@ -77,6 +78,8 @@ class ExportResult:
         inputs: the batches the file was run on for verification (``{input_name: array}``; the example
             inputs, and the example grown along its dynamic axes): an IR converted from the file is
             verified on them (:func:`hf_qat.onnx.convert_to_openvino`).
+        onnxruntime_ops: with int4 weights and verification on: the operators of the graph ONNX Runtime runs
+            (``MatMulNBits``: its 4-bit matmul kernel), see :func:`hf_qat.onnx.optimized_op_counts`.
     """
 
     path: Path
@@ -92,19 +95,33 @@ class ExportResult:
     file_size: int
     verification: list[VerificationReport] = field(default_factory=list)
     inputs: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+    onnxruntime_ops: dict[str, int] | None = None
 
     def __str__(self) -> str:
         s = self.summary
+        int4 = len(s.int4_initializers)
+        kinds = "int8" if not int4 else ("int4" if int4 == self.num_weight_quantizers else f"integer ({int4} int4)")
         lines = [
             f"{self.path} ({self.file_size / 2**20:.2f} MiB, opset {self.opset}, {self.exporter} exporter)",
             f"  inputs {self.input_names} -> outputs {self.output_names}",
-            f"  {self.num_weight_quantizers} int8 weights, {self.num_activation_quantizers} activation quantizers "
+            f"  {self.num_weight_quantizers} {kinds} weights, {self.num_activation_quantizers} activation quantizers "
             f"({s.num_quantize_linear} QuantizeLinear, {s.num_dequantize_linear} DequantizeLinear)",
         ]
+        if self.onnxruntime_ops is not None:
+            fused = {op: n for op, n in self.onnxruntime_ops.items() if op in _INTEGER_KERNELS}
+            lines.append(
+                "  ONNX Runtime runs it with "
+                + (", ".join(f"{n} {op}" for op, n in fused.items()) if fused else "no integer matmul kernel")
+                + f" ({sum(self.onnxruntime_ops.values())} nodes after its optimisations)"
+            )
         if self.fallback_reason:
             lines.append(f"  fell back to TorchScript: {self.fallback_reason}")
         lines.extend(str(r) for r in self.verification)
         return "\n".join(lines)
+
+
+#: ONNX Runtime's fused integer kernels reported for int4 exports
+_INTEGER_KERNELS = ("MatMulNBits", "MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm")
 
 
 # -- locating failures ----------------------------------------------------------------------------
@@ -410,6 +427,23 @@ def export_onnx(
             f"half-precision scales only from opset 19 (asked: {opset}). Pass opset=19 or more, or export a float32 "
             "copy (copy.deepcopy(model).float())."
         )
+    if quantized and int(opset) < 21:
+        grouped = next(
+            (
+                (getattr(m.weight_quantizer, "_hf_qat_id", name), m.weight_quantizer.spec.group_size)
+                for name, m in model.named_modules()
+                if getattr(m, "weight_quantizer", None) is not None
+                and m.weight_quantizer.spec.grouped
+                and m.weight_quantizer.is_enabled_quantization
+            ),
+            None,
+        )
+        if grouped is not None:
+            raise ExportError(
+                f"weight quantizer {grouped[0]!r} is group-wise (group_size {grouped[1]}): its blocked "
+                f"DequantizeLinear needs opset 21, asked: {opset}. Pass opset=21 (--onnx_opset 21). Nothing was written.",
+                module=grouped[0],
+            )
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"{path} is a directory; pass the path of the .onnx file to write")
@@ -477,6 +511,7 @@ def _export(
             del item.metadata_props[:]
     del graph.metadata_props[:]
     split_shared_quantizers(proto)
+    pack_int4_weights(proto)
     shorten_quantizer_names(proto, list(activation_ids))
     summary = summarize(proto)
     if summary.custom_domains:
@@ -524,6 +559,8 @@ def _export(
                 f"The exported file {path} could not be run for verification: {type(e).__name__}: {_first_line(e)}. "
                 "The file was written; pass verify=False to skip this check."
             ) from e
+        if summary.int4_initializers and "onnxruntime" in runtimes:
+            result.onnxruntime_ops = optimized_op_counts(path)
         failed = [r for r in result.verification if not r.ok]
         if failed:
             raise ExportError(

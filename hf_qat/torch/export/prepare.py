@@ -117,7 +117,9 @@ def _register(module: nn.Module, added: list[tuple[nn.Module, str]], name: str, 
 
 
 def _dequantized_weight(layer: nn.Module) -> torch.Tensor:
-    return dequantize(layer.weight_quantized, layer.weight_scale, layer.weight_zero_point, layer.onnx_weight_axis)
+    return dequantize(
+        layer.weight_quantized, layer.weight_scale, layer.weight_zero_point, layer.onnx_weight_axis, layer.onnx_weight_block
+    )
 
 
 def _input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,10 @@ def _conv1d_transformers_export(layer: nn.Module, plan: ExportPlan, qid: str) ->
     def forward(x):
         plan.emitted_weights.add(qid)
         size_out = x.size()[:-1] + (layer.nf,)
-        x = torch.addmm(layer.bias, _input(layer, x).view(-1, x.size(-1)), _dequantized_weight(layer))
+        # flattened before the (per-tensor or last-axis) input quantizer, not after: the same values, and the
+        # DequantizeLinear feeds the Gemm directly (ONNX Runtime 1.32 fails to load the opset-21 graph it makes
+        # when it moves a Q/DQ pair across the Reshape: "output_dtype INT8 does not match y_zero_point type UINT8")
+        x = torch.addmm(layer.bias, _input(layer, x.reshape(-1, x.size(-1))), _dequantized_weight(layer))
         return _output(layer, x.view(size_out))
 
     return forward
@@ -163,7 +168,8 @@ def _embedding_export(layer: nn.Module, plan: ExportPlan, qid: str) -> Callable:
 
     def _rows(ids):
         plan.emitted_weights.add(qid)
-        if layer.max_norm is not None:  # renormalisation needs the whole (dequantized) table
+        if layer.max_norm is not None or layer.onnx_weight_block is not None:
+            # renormalisation needs the whole (dequantized) table; group-wise tables are dequantized whole too
             return F.embedding(ids, _dequantized_weight(layer), None, layer.max_norm, layer.norm_type)
         rows = F.embedding(ids, layer.weight_quantized)
         if layer.onnx_weight_axis is None:
@@ -269,20 +275,13 @@ def onnx_export_mode(model: nn.Module, quantized: bool = True) -> Iterator[Expor
             m.__dict__.pop("onnx_axis", None)
             m.__dict__.pop("onnx_weight_axis", None)
             m.__dict__.pop("onnx_weight_zp_nonzero", None)
+            m.__dict__.pop("onnx_weight_block", None)
         for m, name in added:
             m._buffers.pop(name, None)
         restore_training_modes(modes)
 
 
 def _prepare_weight(layer: nn.Module, wq: BaseQuantizer, qid: str, added: list) -> None:
-    if wq.spec.grouped:
-        raise ExportError(
-            f"weight quantizer {qid!r} is group-wise ({wq.spec.num_bits} bits, group_size {wq.spec.group_size}): the "
-            "ONNX exporter writes per-channel and per-tensor weights only; group-wise (blocked DequantizeLinear, "
-            "opset 21) export is not implemented yet. Train and checkpoint the model, or quantize it per channel "
-            "for an ONNX file.",
-            module=qid,
-        )
     weight = layer.weight.detach()
     try:
         p: QDQParams = qdq_params(wq, ndim=weight.dim())
@@ -290,13 +289,17 @@ def _prepare_weight(layer: nn.Module, wq: BaseQuantizer, qid: str, added: list) 
         raise ExportError(f"weight quantizer {qid!r}: {e}", module=qid) from None
     ints = wq.to_integers(weight).to(p.dtype)
     axis = p.axis
+    scale, zero_point = p.scale, p.zero_point
     if isinstance(layer, nn.Linear):
         ints = ints.t().contiguous()
         axis = None if axis is None else 1 - axis
+        if p.block_size is not None:  # blocked scales have the weight's rank: transposed with it
+            scale, zero_point = scale.t().contiguous(), zero_point.t().contiguous()
     _register(layer, added, "weight_quantized", ints)
-    _register(layer, added, "weight_scale", p.scale.to(weight.dtype) if weight.is_floating_point() else p.scale)
-    _register(layer, added, "weight_zero_point", p.zero_point)
-    if isinstance(layer, nn.Embedding) and axis is not None:
+    _register(layer, added, "weight_scale", scale.to(weight.dtype) if weight.is_floating_point() else scale)
+    _register(layer, added, "weight_zero_point", zero_point)
+    layer.onnx_weight_block = p.block_size
+    if isinstance(layer, nn.Embedding) and axis is not None and p.block_size is None:
         # rows are gathered before dequantization: per-row scales (and zero points) as [rows, 1] tables
         _register(layer, added, "weight_row_scale", layer.weight_scale.unsqueeze(1).contiguous())
         _register(layer, added, "weight_row_zero_point", p.zero_point.to(layer.weight_scale.dtype).unsqueeze(1).contiguous())

@@ -42,8 +42,10 @@ class QDQParams:
     Attributes:
         scale (`torch.Tensor`): float32 step, 0-d (per tensor) or 1-d along ``axis``.
         zero_point (`torch.Tensor`): int8 or uint8, same shape as ``scale``.
-        axis (`int`, *optional*): per-channel axis of the quantized tensor.
+        axis (`int`, *optional*): per-channel axis of the quantized tensor (group-wise: the blocked axis).
         level_low, level_high (`int`): the trained integer grid.
+        block_size (`int`, *optional*): group-wise weights: ``DequantizeLinear``'s ``block_size`` (opset 21);
+            ``scale`` then has the weight's rank, the blocked axis divided by ``block_size``.
     """
 
     scale: torch.Tensor
@@ -51,6 +53,7 @@ class QDQParams:
     axis: int | None
     level_low: int
     level_high: int
+    block_size: int | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -83,6 +86,16 @@ def qdq_params(quantizer: BaseQuantizer, ndim: int | None = None, axis_offset: i
     if not bool(torch.isfinite(step).all()) or not bool((step > 0).all()):
         raise ValueError("the quantization step is not finite and positive")
     axis = quantizer.spec.channel_axis
+    if quantizer.spec.grouped:  # scale_shape [..., groups at group_axis, ..., 1] -> the weight's rank
+        scale, zero_point = step.squeeze(-1), zp.squeeze(-1)
+        return QDQParams(
+            scale.contiguous(),
+            zero_point.round().to(dtype).contiguous(),
+            quantizer.spec.group_axis + axis_offset,
+            ll,
+            lh,
+            quantizer.spec.group_size,
+        )
     if axis is not None:
         scale = step.reshape(-1)
         zero_point = zp.reshape(-1)
@@ -123,14 +136,18 @@ def _ref_quantize(x, scale, zp, axis, dtype):
     return torch.clamp(torch.round(x / s) + z.to(x.dtype), lo, hi).to(dtype)
 
 
-def _ref_dequantize(q, scale, zp, axis):
-    s, z = _bshape(scale, axis, q.dim()), _bshape(zp, axis, q.dim())
+def _ref_dequantize(q, scale, zp, axis, block_size=None):
+    if block_size is not None:  # blocked: scale and zero point repeated along the blocked axis
+        s, z = scale.repeat_interleave(block_size, dim=axis), zp.repeat_interleave(block_size, dim=axis)
+    else:
+        s, z = _bshape(scale, axis, q.dim()), _bshape(zp, axis, q.dim())
     return (q.to(torch.int32) - z.to(torch.int32)).to(scale.dtype) * s
 
 
 # -- TorchScript exporter: autograd functions with ONNX symbolics -----------------------------------
-def _axis_attr(axis: int | None) -> dict:
-    return {} if axis is None else {"axis_i": axis}
+def _axis_attr(axis: int | None, block_size: int | None = None) -> dict:
+    attrs = {} if axis is None else {"axis_i": axis}
+    return attrs if block_size is None else {**attrs, "block_size_i": block_size}
 
 
 class _TSQuantize(torch.autograd.Function):
@@ -145,12 +162,12 @@ class _TSQuantize(torch.autograd.Function):
 
 class _TSDequantize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, scale, zp, axis):
-        return _ref_dequantize(q, scale, zp, axis)
+    def forward(ctx, q, scale, zp, axis, block_size=None):
+        return _ref_dequantize(q, scale, zp, axis, block_size)
 
     @staticmethod
-    def symbolic(g, q, scale, zp, axis):
-        return g.op("DequantizeLinear", q, scale, zp, **_axis_attr(axis))
+    def symbolic(g, q, scale, zp, axis, block_size=None):
+        return g.op("DequantizeLinear", q, scale, zp, **_axis_attr(axis, block_size))
 
 
 class _TSClip(torch.autograd.Function):
@@ -176,13 +193,18 @@ def _quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: int 
     return _ref_quantize(x, scale, zp, axis, zp.dtype)
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: int | None) -> torch.Tensor:
-    """``DequantizeLinear(q, scale, zp)`` (float32 output)."""
+def dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: int | None, block_size: int | None = None
+) -> torch.Tensor:
+    """``DequantizeLinear(q, scale, zp)`` (float32 output); with ``block_size``, blocked (opset 21)."""
     if _ACTIVE["exporter"] == "dynamo":
-        return _symbolic("DequantizeLinear", (q, scale, zp), {} if axis is None else {"axis": axis}, scale.dtype, q.shape)
+        attrs = {} if axis is None else {"axis": axis}
+        if block_size is not None:
+            attrs["block_size"] = block_size
+        return _symbolic("DequantizeLinear", (q, scale, zp), attrs, scale.dtype, q.shape)
     if _ACTIVE["exporter"] == "torchscript":
-        return _TSDequantize.apply(q, scale, zp, axis)
-    return _ref_dequantize(q, scale, zp, axis)
+        return _TSDequantize.apply(q, scale, zp, axis, block_size)
+    return _ref_dequantize(q, scale, zp, axis, block_size)
 
 
 def _clip(q: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
