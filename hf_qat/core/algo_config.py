@@ -42,6 +42,8 @@ class GroupSettings:
     per_channel: bool = False
     #: hf_qat's extension (weights): group-wise scales along the input axis
     group_size: int | None = None
+    #: hf_qat's extension (activations): "static" (quantized, NNCF's behaviour) or "none" (weight-only)
+    scheme: str = "static"
     ignored_scopes: list[str] = field(default_factory=list)
     target_scopes: list[str] = field(default_factory=list)
 
@@ -153,6 +155,7 @@ class QuantizationSettings:
                 signed=g.get("signed"),
                 per_channel=g.get("per_channel", default_per_channel),
                 group_size=g.get("group_size"),
+                scheme=g.get("scheme", "static"),
                 ignored_scopes=to_list(g.get("ignored_scopes")),
                 target_scopes=to_list(g.get("target_scopes")),
             )
@@ -202,8 +205,11 @@ class QuantizationSettings:
         return self.weights if group is QuantizerGroup.WEIGHTS else self.activations
 
     def is_node_quantized(self, node_name: str, group: QuantizerGroup) -> bool:
-        """Whether ``node_name`` passes the global and the group's target/ignored scopes."""
+        """Whether ``node_name`` passes the global and the group's target/ignored scopes (never for activations
+        with ``scheme: "none"``)."""
         g = self.group_settings(group)
+        if g.scheme == "none":  # weight-only quantization
+            return False
         if matches_any(node_name, self.ignored_scopes) or matches_any(node_name, g.ignored_scopes):
             return False
         if self.target_scopes and not matches_any(node_name, self.target_scopes):

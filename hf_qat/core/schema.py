@@ -110,6 +110,13 @@ _GROUP_SIZE = {"type": ["integer", "null"], "minimum": 2}
 
 _WEIGHTS_GROUP = {**_QUANTIZER_GROUP, "properties": {**_QUANTIZER_GROUP["properties"], "group_size": _GROUP_SIZE}}
 
+#: hf_qat's extension of NNCF's activations group: ``static`` (NNCF's: ranges learned in training, the default)
+#: or ``none`` (weight-only quantization: no activation quantizers)
+_ACTIVATIONS_GROUP = {
+    **_QUANTIZER_GROUP,
+    "properties": {**_QUANTIZER_GROUP["properties"], "scheme": {"type": "string", "enum": ["static", "none"]}},
+}
+
 _SCOPE_OVERRIDE = {
     "type": "object",
     "properties": {
@@ -148,7 +155,7 @@ QUANTIZATION_ALGO_SCHEMA: dict[str, Any] = {
         "initializer": _INITIALIZER,
         "preset": {"type": "string", "enum": ["performance", "mixed"]},
         "weights": _WEIGHTS_GROUP,
-        "activations": _QUANTIZER_GROUP,
+        "activations": _ACTIVATIONS_GROUP,
         "quantize_inputs": {"type": "boolean"},
         "quantize_outputs": {"type": "boolean"},
         "scope_overrides": {

@@ -304,7 +304,7 @@ def render_model_card(
     plot = _check_plot_name(layer_report_plot) if layer_report_plot else None
 
     eval_results = []
-    for name, key in (("FP32", "fp32"), ("INT8 ONNX", "int8_onnx")):
+    for name, key in (("FP32", "fp32"), (f"{precision_name(quantization_scheme(ctrl))} ONNX", "int8_onnx")):
         if values.get(key) is not None:
             eval_results.append(
                 EvalResult(
@@ -316,7 +316,9 @@ def render_model_card(
                     metric_value=float(values[key]),
                 )
             )
-    tags = ["hf_qat", "qat", "int8", "onnx", "nncf"] + (["openvino"] if has_openvino else [])
+    scheme = quantization_scheme(ctrl)
+    bits = sorted({*scheme["weights"]["bits"], *scheme["activations"]["bits"]})
+    tags = ["hf_qat", "qat", *(f"int{b}" for b in bits if b in (4, 8)), "onnx", "nncf"] + (["openvino"] if has_openvino else [])
     card_data = ModelCardData(
         base_model=hub_base,
         base_model_relation="quantized" if hub_base else None,
@@ -354,7 +356,8 @@ def render_model_card(
         eval_samples=results.get("eval_samples"),
         train_samples=results.get("train_samples"),
         dataset=dataset,
-        scheme=quantization_scheme(ctrl),
+        scheme=scheme,
+        precision=precision_name(scheme),
         auto_class=_AUTO_CLASSES.get(task, "AutoModel"),
         repo_id=repo_id,
         location=location,
@@ -431,3 +434,16 @@ def write_model_card(
     path = folder / "README.md"
     atomic_write_text(path, str(card))
     return path
+
+
+def precision_name(scheme: Mapping[str, Any]) -> str:
+    """How a card names a quantization scheme (:func:`hf_qat.core.layout.quantization_scheme`): ``INT8`` for
+    8-bit weights and activations, ``INT4 weight-only``, ``INT4/INT8 weight-only``, or
+    ``INT4 weights, INT8 activations``."""
+    weights = "/".join(f"INT{b}" for b in scheme["weights"]["bits"]) or "float"
+    if not scheme["activations"]["count"]:
+        return f"{weights} weight-only"
+    activations = "/".join(f"INT{b}" for b in scheme["activations"]["bits"])
+    if weights == activations:
+        return weights
+    return f"{weights} weights, {activations} activations"

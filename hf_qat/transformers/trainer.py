@@ -75,7 +75,13 @@ class QATTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Override the config's initializer.range.num_init_samples."}
     )
     export_onnx: bool = field(default=False, metadata={"help": "Export INT8 ONNX to <output_dir>/model.onnx after training."})
-    onnx_opset: int = field(default=18, metadata={"help": "ONNX opset of the export (>= 13)."})
+    onnx_opset: int | None = field(
+        default=None,
+        metadata={
+            "help": "ONNX opset of the export (13-21). Default: 18, or 21 when weights are group-wise (blocked "
+            "DequantizeLinear with int4 weights needs opset 21)."
+        },
+    )
     export_openvino: bool = field(
         default=True,
         metadata={
@@ -123,7 +129,7 @@ class QATTrainingArguments(TrainingArguments):
             raise ValueError(f"distillation_weight must be in [0, 1], got {self.distillation_weight}")
         if self.distillation_temperature <= 0:
             raise ValueError(f"distillation_temperature must be positive, got {self.distillation_temperature}")
-        if not 13 <= self.onnx_opset <= 21:
+        if self.onnx_opset is not None and not 13 <= self.onnx_opset <= 21:
             raise ValueError(f"onnx_opset must be between 13 and 21, got {self.onnx_opset}")
 
 
@@ -357,7 +363,7 @@ class QATTrainer(Trainer):
                 synced = True
             self.compress(compression_state=state)
         grouped = [qid for qid, q in self.compression_ctrl.quantizers.items() if q.spec.grouped]
-        if self.args.export_onnx and grouped and self.args.onnx_opset < 21:  # refused now, not after training
+        if self.args.export_onnx and grouped and (self.args.onnx_opset or 21) < 21:  # refused now, not after training
             raise ExportError(
                 f"export_onnx: weight quantizer {grouped[0]!r} is group-wise: its blocked DequantizeLinear needs "
                 f"onnx_opset 21, asked: {self.args.onnx_opset}. Pass --onnx_opset 21. Nothing was trained or written.",
@@ -747,7 +753,7 @@ class QATTrainer(Trainer):
             k: v.detach() for k, v in batch.items() if k not in ("labels", "label", "label_ids") and isinstance(v, torch.Tensor)
         }
         model = self.single_process_model()
-        kwargs.setdefault("opset", self.args.onnx_opset)
+        kwargs.setdefault("opset", self.onnx_opset())
         default_file = path == Path(self.args.output_dir) / ONNX_NAME
         if default_file:
             remove_openvino_files(path.parent)  # an IR of an earlier model must not sit beside the new file
@@ -758,6 +764,13 @@ class QATTrainer(Trainer):
         if default_file and self.args.export_openvino:
             self.export_openvino()
         return self.onnx_result
+
+    def onnx_opset(self) -> int:
+        """The export's opset: ``args.onnx_opset``, else 18, or 21 when weights are group-wise."""
+        if self.args.onnx_opset is not None:
+            return self.args.onnx_opset
+        ctrl = self.compression_ctrl
+        return 21 if ctrl is not None and any(q.spec.grouped for q in ctrl.weight_quantizers.values()) else 18
 
     def export_openvino(self):
         """Convert the exported INT8 ONNX file to OpenVINO IR beside it (``openvino_model.xml`` + ``.bin``) and verify

@@ -213,7 +213,13 @@ def test_trainer_refuses_an_int4_export_below_opset_21_before_training(tmp_path)
     from hf_qat.transformers import QATTrainer, QATTrainingArguments
 
     args = QATTrainingArguments(
-        output_dir=str(tmp_path), max_steps=2, report_to=[], use_cpu=True, export_onnx=True, nncf_config=quant_config(**GPT2_4BIT)
+        output_dir=str(tmp_path),
+        max_steps=2,
+        report_to=[],
+        use_cpu=True,
+        export_onnx=True,
+        onnx_opset=18,
+        nncf_config=quant_config(**GPT2_4BIT),
     )
     data = tiny_text_dataset(n=8).map(lambda row: {"labels": row["input_ids"]})
     trainer = QATTrainer(model=tiny_gpt2(), args=args, train_dataset=data)
@@ -221,8 +227,52 @@ def test_trainer_refuses_an_int4_export_below_opset_21_before_training(tmp_path)
         trainer.train()
     assert trainer.state.global_step == 0 and not (tmp_path / "model.onnx").exists()
 
-    args.onnx_opset = 21
+    args.onnx_opset = None  # the default: 21 for group-wise weights
     trainer = QATTrainer(model=tiny_gpt2(), args=args, train_dataset=data)
     trainer.train()
     assert trainer.state.global_step == 2 and trainer.onnx_result.opset == 21
     assert len(trainer.onnx_result.summary.int4_initializers) == 8 and (tmp_path / "openvino_model.xml").is_file()
+
+
+def test_weight_only_scheme_builds_no_activation_quantizers():
+    ctrl, model, batches = compress(tiny_gpt2(), **{**GPT2_4BIT, "activations": {"scheme": "none"}})
+    assert ctrl.activation_quantizers == {} and len(ctrl.weight_quantizers) == 11
+    with pytest.raises(ConfigError, match="scheme"):
+        compress(tiny_gpt2(), activations={"scheme": "dynamic"})
+
+
+def test_run_qat_causal_lm_int4_preset_pushes_and_pulls(hub, tmp_path):
+    """scripts/run_qat.py --task causal-lm with the repository's 4-bit preset: INT4 ONNX and IR, a push, and a pull
+    whose logits equal the trained model's; generate works on the pulled model."""
+    from run_qat_utils import ROOT, WORDS, common, load_script, tiny_text_model, write_jsonl
+    from transformers import AutoModelForCausalLM
+
+    run_qat = load_script()
+    model = tiny_text_model(tmp_path / "model", arch="gpt2")
+    text = [{"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(30))} for i in range(24)]
+    train = write_jsonl(tmp_path / "train.jsonl", text[:20])
+    valid = write_jsonl(tmp_path / "valid.jsonl", text[20:])
+    out = tmp_path / "out"
+    preset = ROOT / "scripts" / "configs" / "causal_lm_int4.json"
+    args = ["--model_name", str(model), "--task", "causal-lm", "--train_file", train, "--validation_file", valid]
+    args += [*common(out), "--nncf_config", str(preset), "--push_to_hub", "true", "--hub_model_id", "test-user/gpt2-int4"]
+    results = run_qat.main(args)
+    assert results["quantizers"] == {"weights": 11, "activations": 0}
+    v = results["values"]
+    assert v["fp32"] > 1 and v["int8_onnx"] == pytest.approx(v["int8"], rel=0.05)
+    assert results["openvino"]["integer_weight_constants"] >= 11
+
+    local = AutoModelForCausalLM.from_pretrained(out).eval()
+    pulled = AutoModelForCausalLM.from_pretrained("test-user/gpt2-int4").eval()
+    grouped = [q for q in pulled._hf_qat_ctrl.weight_quantizers.values() if q.spec.grouped]
+    assert len(grouped) == 8 and all(q.spec.num_bits == 4 and q.spec.group_size == 32 for q in grouped)
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        assert torch.equal(local(ids).logits, pulled(ids).logits)
+    generated = pulled.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert generated.shape == (1, 9)
+    files = hub.files("test-user/gpt2-int4")
+    assert "model.onnx" in files and "openvino_model.xml" in files
+    card = files["README.md"].decode()  # the card names what the files are, not INT8
+    assert "INT4/INT8 weight-only quantization-aware-trained version" in card and "INT8 quantization-aware" not in card
+    assert "- int4" in card and "QuantizeLinear/DequantizeLinear activations" not in card
