@@ -85,3 +85,42 @@ def test_nncf_env_absent_and_stale_lock(tmp_path):
     lock.touch()
     _remove_stale_locks(tmp_path / "torch_extensions", log=lambda m: None)
     assert not lock.exists()
+
+
+def test_int4_causal_lm_section_smoke(tmp_path):
+    """Section 6 (its own run) on a tiny synthetic corpus: every row measured, the section in BENCHMARKS.md."""
+    from scripts.benchmarks import int4_causal_lm
+    from scripts.benchmarks.run import read_int4
+
+    data = tmp_path / "sst2"
+    data.mkdir()
+    _write_tsv(data / "train.tsv", 400, 0)
+    _write_tsv(data / "test.tsv", 60, 1)
+    work, out = tmp_path / "work", tmp_path / "BENCHMARKS.md"
+    work.mkdir()
+    (work / "results.json").write_text(json.dumps(_minimal_results()))
+    args = ["--data_dir", str(data), "--work_dir", str(work), "--output", str(out), "--threads", "1"]
+    results = int4_causal_lm.main(args + ["--fp32_steps", "20", "--qat_steps", "10", "--reps", "2"])
+    assert set(results["perplexity"]) == {"fp32", "ptq_rtn", "ptq_hf_qat_init", "qat"}
+    assert all(v > 1 for v in results["perplexity"].values())
+    assert results["onnx"]["verified"] and results["onnx"]["int4_initializers"] == 16
+    assert results["files_mib"]["int4_onnx"] < 0.5 * results["files_mib"]["fp32_onnx"]
+    assert read_int4(work)["perplexity"] == results["perplexity"]
+    text = out.read_text()
+    assert "## 6. 4-bit group-wise causal LM" in text and "MatMulNBits" in text
+
+
+def _minimal_results() -> dict:
+    return {
+        "meta": {
+            "command": "python -m scripts.benchmarks",
+            "preset": "smoke",
+            "started": "now",
+            "wall_s": 1.0,
+            "machine": "test",
+            "versions": "test",
+            "load_avg": {"start": 0.0, "end": 0.0},
+        },
+        "skipped_sections": {},
+        "notes": [],
+    }

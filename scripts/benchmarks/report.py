@@ -567,8 +567,79 @@ def causes_md(results: dict) -> list[str]:
 
 
 # -- document -----------------------------------------------------------------------------------
-def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
-    """Write ``BENCHMARKS.md`` (and the plot, when scaling results exist)."""
+def int4_md(r: dict) -> list[str]:
+    """Section 6, from its own run (:mod:`scripts.benchmarks.int4_causal_lm`)."""
+    meta, p, st = r["meta"], r["perplexity"], r["settings"]
+    gap = r.get("gap_closed")
+    lines = [
+        "## 6. 4-bit group-wise causal LM",
+        "",
+        f"From its own run, {meta['started']} in {meta['wall_s'] / 60:.1f} min"
+        + (f" at {meta['threads']} thread(s)" if meta.get("threads") else "")
+        + ":",
+        "",
+        "```bash",
+        meta["command"],
+        "```",
+        "",
+        f"A GPT-2 of {r['parameters'] / 1e6:.2f} M parameters (4 blocks of width 128, a {st['vocab']}-token byte-level "
+        f"BPE vocabulary trained on the same text) trained from scratch in FP32 for {st['fp32_steps']} steps "
+        f"(batch {st['batch']} x {st['sequence']} tokens) on the SST-2 training phrases ({r['train_tokens']:,} tokens). "
+        f"Quantized with `{st['preset']}`: INT4 weights in groups of 32, embeddings and `lm_head` INT8 per channel, "
+        f"weight-only. Perplexity per predicted token on the 872 SST-2 test sentences ({r['eval_tokens']:,} tokens).",
+        "",
+        "| model | perplexity | vs FP32 |",
+        "|---|---|---|",
+    ]
+    names = {
+        "fp32": "FP32",
+        "ptq_rtn": "4-bit PTQ, round to nearest (`min_max`: each group's absolute maximum)",
+        "ptq_hf_qat_init": "4-bit PTQ, hf_qat's default range init (`percentile` 0.1/99.9)",
+        "qat": f"4-bit QAT, {st['qat_steps']} steps from the round-to-nearest model, lr {st['qat_lr']}, "
+        f"distillation weight {st['kd_weight']}",
+    }
+    for key, name in names.items():
+        lines.append(f"| {name} | {p[key]:.2f} | {p[key] / p['fp32']:.3f}x |")
+    lines.append("")
+    if gap is not None:
+        verdict = "met" if gap >= 0.5 else "MISSED"
+        lines.append(
+            f"QAT closes {gap * 100:.0f}% of the gap between round-to-nearest 4-bit PTQ and FP32 "
+            f"({p['ptq_rtn']:.2f} -> {p['qat']:.2f}, FP32 {p['fp32']:.2f}); target at least 50%: **{verdict}**. "
+            "The QAT steps also train: part of the drop can come from training longer than FP32 did."
+        )
+    else:
+        lines.append(
+            f"Round-to-nearest 4-bit PTQ is not worse than FP32 here ({p['ptq_rtn']:.2f} against {p['fp32']:.2f}), "
+            "so there is no gap for QAT to close; the target does not apply to this model."
+        )
+    f, t, o = r["files_mib"], r["tokens_per_second"], r["onnx"]
+    ops = o.get("onnxruntime_ops") or {}
+    lines += [
+        "",
+        "| file | size (MiB) | vs FP32 ONNX | ONNX Runtime tokens/s | OpenVINO tokens/s |",
+        "|---|---|---|---|---|",
+        f"| FP32 ONNX | {f['fp32_onnx']:.2f} | 1.00x | {t['fp32_onnxruntime']:,.0f} | {t['fp32_openvino']:,.0f} |",
+        f"| INT4 ONNX (opset 21) | {f['int4_onnx']:.2f} | {f['int4_onnx'] / f['fp32_onnx']:.2f}x | "
+        f"{t['int4_onnxruntime']:,.0f} | {t['int4_openvino']:,.0f} |",
+        f"| INT4 OpenVINO IR (.xml + .bin) | {f['int4_openvino_ir']:.2f} | {f['int4_openvino_ir'] / f['fp32_onnx']:.2f}x | | |",
+        "",
+        f"Tokens per second: full {st['sequence']}-token sequences at batch 1 (no key/value cache), the ONNX files in "
+        "each runtime's CPU plugin. The INT4 file holds "
+        f"{o['int4_initializers']} int4 and {o['int8_initializers']} int8 weight initializers and passed verification "
+        f"({'yes' if o['verified'] else 'no'}); ONNX Runtime runs it with "
+        + (", ".join(f"{n} {op}" for op, n in ops.items() if op in ("MatMulNBits", "MatMulIntegerToFloat")) or "no 4-bit kernel")
+        + "; OpenVINO's constants by type: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(o["openvino_constant_types"].items()))
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def write_report(results: dict, path: Path, plot_path: Path | None, int4: dict | None = None) -> None:
+    """Write ``BENCHMARKS.md`` (and the plot, when scaling results exist); ``int4``: section 6's results, from
+    their own run."""
     meta = results["meta"]
     plot_rel = None
     if results.get("scaling") and plot_path is not None:
@@ -632,6 +703,8 @@ def write_report(results: dict, path: Path, plot_path: Path | None) -> None:
         lines += inference_md(results["inference"])
     if results.get("scaling"):
         lines += scaling_md(results["scaling"], plot_rel)
+    if int4:
+        lines += int4_md(int4)
     for name, reason in results.get("skipped_sections", {}).items():
         lines += [f"Section `{name}` skipped: {reason}", ""]
     if results.get("notes"):

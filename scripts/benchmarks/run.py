@@ -120,6 +120,12 @@ class LoadSampler:
         }
 
 
+def read_int4(work_dir: Path) -> dict | None:
+    """Section 6's results (``python -m scripts.benchmarks.int4_causal_lm``, a run of its own), if it ran."""
+    path = work_dir / "int4_results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` intra-op threads here and in every worker process (torch reads ``OMP_NUM_THREADS``)."""
     import torch
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.report_only:
         results = json.loads((args.work_dir / "results.json").read_text())
-        write_report(results, args.output, args.plot)
+        write_report(results, args.output, args.plot, read_int4(args.work_dir))
         log(f"wrote {args.output} from {args.work_dir / 'results.json'} (run {results['meta']['started']})")
         return results
     sections = [s for s in args.sections.split(",") if s]
@@ -340,6 +346,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    write_report(results, args.output, args.plot)
+    write_report(results, args.output, args.plot, read_int4(args.work_dir))
     log(f"wrote {args.output} ({results['meta']['wall_s'] / 60:.1f} min)")
     return results
