@@ -467,3 +467,13 @@ def test_mirrored_strategy_keeps_quantizers_identical_on_every_replica(tmp_path)
         assert r0 == r1, name
     trained = [k for k, v in report["before"].items() if per_replica[k][0] != v]
     assert trained, "quantizer ranges must train under the strategy"
+
+
+def test_group_wise_weights_are_refused_and_weight_only_builds_no_activation_quantizers():
+    from hf_qat import ConfigError
+
+    dataset, _ = mlp_data()
+    with pytest.raises(ConfigError, match="weights.group_size: found 16; expected no group_size for .*PyTorch-only"):
+        compress(mlp(), dataset, weights={"bits": 4, "group_size": 16})
+    ctrl, _ = compress(mlp(), dataset, activations={"scheme": "none"})
+    assert len(ctrl.weight_quantizers) == 3 and len(ctrl.activation_quantizers) == 0
