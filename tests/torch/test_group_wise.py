@@ -255,7 +255,8 @@ def test_run_qat_causal_lm_int4_preset_pushes_and_pulls(hub, tmp_path):
     out = tmp_path / "out"
     preset = ROOT / "scripts" / "configs" / "causal_lm_int4.json"
     args = ["--model_name", str(model), "--task", "causal-lm", "--train_file", train, "--validation_file", valid]
-    args += [*common(out), "--nncf_config", str(preset), "--push_to_hub", "true", "--hub_model_id", "test-user/gpt2-int4"]
+    args += [*common(out), "--nncf_config", str(preset), "--distillation_weight", "0.5"]  # from the FP32 model
+    args += ["--push_to_hub", "true", "--hub_model_id", "test-user/gpt2-int4"]
     results = run_qat.main(args)
     assert results["quantizers"] == {"weights": 11, "activations": 0}
     v = results["values"]
