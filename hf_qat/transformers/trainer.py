@@ -6,8 +6,10 @@ lives in :meth:`compute_loss`, the NNCF compression scheduler is a ``TrainerCall
 QAT files are added to every save by :meth:`_save`, checkpoints are made atomic by
 :meth:`_save_checkpoint` staging them (:mod:`hf_qat.transformers.checkpointing`) through the
 overridden :meth:`_get_output_dir`, and the exported ONNX file is evaluated with the task's
-transformers loss (:mod:`hf_qat.transformers.evaluation`). Everything else (gradient accumulation,
-evaluation, logging, checkpoint rotation, ``push_to_hub``) is the Trainer's own.
+transformers loss (:mod:`hf_qat.transformers.evaluation`). Under accelerate's FSDP plugin
+(:mod:`hf_qat.transformers.fsdp`) checkpoints stay sharded, :meth:`save_model` gathers the weights, and the export,
+card and push use :meth:`single_process_model`. Everything else (gradient accumulation, evaluation, logging,
+checkpoint rotation, ``push_to_hub``) is the Trainer's own.
 """
 
 from __future__ import annotations
