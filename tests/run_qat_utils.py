@@ -52,6 +52,12 @@ def tiny_text_model(path: Path, arch: str = "bert"):
     return path
 
 
+def causal_lm_files(folder: Path) -> tuple[str, str]:
+    """Train and validation JSONL files of a causal-LM run (24 texts of 30 words: 20 to train, 4 to validate)."""
+    text = [{"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(30))} for i in range(24)]
+    return write_jsonl(folder / "train.jsonl", text[:20]), write_jsonl(folder / "valid.jsonl", text[20:])
+
+
 def write_jsonl(path: Path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)

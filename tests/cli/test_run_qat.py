@@ -8,7 +8,7 @@ import pytest
 import torch
 from run_qat_utils import (
     ROOT,
-    WORDS,
+    causal_lm_files,
     check_outputs,
     common,
     load_script,
@@ -76,9 +76,7 @@ def test_token_classification(tmp_path):
 def test_causal_lm(tmp_path):
     run_qat = load_script()
     model = tiny_text_model(tmp_path / "model", arch="gpt2")
-    text = [{"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(30))} for i in range(24)]
-    train = write_jsonl(tmp_path / "train.jsonl", text[:20])
-    valid = write_jsonl(tmp_path / "valid.jsonl", text[20:])
+    train, valid = causal_lm_files(tmp_path)
     out = tmp_path / "out"
     results = run_qat.main(
         ["--model_name", str(model), "--task", "causal-lm", "--train_file", train, "--validation_file", valid, *common(out)]

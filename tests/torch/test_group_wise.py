@@ -244,14 +244,12 @@ def test_weight_only_scheme_builds_no_activation_quantizers():
 def test_run_qat_causal_lm_int4_preset_pushes_and_pulls(hub, tmp_path):
     """scripts/run_qat.py --task causal-lm with the repository's 4-bit preset: INT4 ONNX and IR, a push, and a pull
     whose logits equal the trained model's; generate works on the pulled model."""
-    from run_qat_utils import ROOT, WORDS, common, load_script, tiny_text_model, write_jsonl
+    from run_qat_utils import ROOT, causal_lm_files, common, load_script, tiny_text_model
     from transformers import AutoModelForCausalLM
 
     run_qat = load_script()
     model = tiny_text_model(tmp_path / "model", arch="gpt2")
-    text = [{"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(30))} for i in range(24)]
-    train = write_jsonl(tmp_path / "train.jsonl", text[:20])
-    valid = write_jsonl(tmp_path / "valid.jsonl", text[20:])
+    train, valid = causal_lm_files(tmp_path)
     out = tmp_path / "out"
     preset = ROOT / "scripts" / "configs" / "causal_lm_int4.json"
     args = ["--model_name", str(model), "--task", "causal-lm", "--train_file", train, "--validation_file", valid]
