@@ -42,7 +42,8 @@ class GroupSettings:
     per_channel: bool = False
     #: hf_qat's extension (weights): group-wise scales along the input axis
     group_size: int | None = None
-    #: hf_qat's extension (activations): "static" (quantized, NNCF's behaviour) or "none" (weight-only)
+    #: hf_qat's extension (activations): "static" (NNCF's learned ranges), "none" (weight-only) or
+    #: "dynamic_per_token" (a scale per token computed at run time)
     scheme: str = "static"
     ignored_scopes: list[str] = field(default_factory=list)
     target_scopes: list[str] = field(default_factory=list)

@@ -189,6 +189,7 @@ def quantization_scheme(ctrl: Any) -> dict[str, Any]:
             "modes": sorted({s.mode.value for s in specs}),
             "per_channel": sorted({s.per_channel for s in specs}),
             **({"group_size": sorted({s.group_size for s in specs if s.grouped})} if any(s.grouped for s in specs) else {}),
+            **({"dynamic_per_token": True} if specs and all(s.dynamic for s in specs) else {}),
             "narrow_range": sorted({s.narrow_range for s in specs}),
             "half_range": sorted({s.half_range for s in specs}),
         }

@@ -110,11 +110,13 @@ _GROUP_SIZE = {"type": ["integer", "null"], "minimum": 2}
 
 _WEIGHTS_GROUP = {**_QUANTIZER_GROUP, "properties": {**_QUANTIZER_GROUP["properties"], "group_size": _GROUP_SIZE}}
 
-#: hf_qat's extension of NNCF's activations group: ``static`` (NNCF's: ranges learned in training, the default)
-#: or ``none`` (weight-only quantization: no activation quantizers)
+#: hf_qat's extension of NNCF's activations group: ``static`` (NNCF's: ranges learned in training, the default),
+#: ``none`` (weight-only quantization: no activation quantizers) or ``dynamic_per_token`` (a symmetric scale per
+#: token computed at run time, no learned range: torchao's 8-bit dynamic activations)
+ACTIVATION_SCHEMES = ["static", "none", "dynamic_per_token"]
 _ACTIVATIONS_GROUP = {
     **_QUANTIZER_GROUP,
-    "properties": {**_QUANTIZER_GROUP["properties"], "scheme": {"type": "string", "enum": ["static", "none"]}},
+    "properties": {**_QUANTIZER_GROUP["properties"], "scheme": {"type": "string", "enum": ACTIVATION_SCHEMES}},
 }
 
 _SCOPE_OVERRIDE = {

@@ -78,6 +78,9 @@ class QuantizerSpec:
             ``group_size`` and a trailing 1: the weight is quantized viewed as ``[..., groups, ..., group_size]``
             (see :func:`grouped_scale_shape`). Both are left out of :meth:`to_state` when unset, so that
             per-tensor and per-channel states keep NNCF's layout.
+        dynamic (`bool`): hf_qat's extension (activations): no learned range; each token (the last axis) is
+            quantized symmetrically with its own scale, ``max|x| / level_high``, computed from the tensor at run time
+            (torchao's per-token dynamic activations). Left out of :meth:`to_state` when false.
     """
 
     num_bits: int = 8
@@ -91,6 +94,7 @@ class QuantizerSpec:
     compression_lr_multiplier: float | None = None
     group_size: int | None = None
     group_axis: int | None = None
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         self.mode = QuantizationMode(self.mode)
@@ -144,6 +148,8 @@ class QuantizerSpec:
         state["scale_shape"] = list(self.scale_shape)
         if not self.grouped:  # NNCF's qspec has no such fields
             del state["group_size"], state["group_axis"]
+        if not self.dynamic:
+            del state["dynamic"]
         return state
 
     @classmethod

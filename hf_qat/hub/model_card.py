@@ -438,12 +438,14 @@ def write_model_card(
 
 def precision_name(scheme: Mapping[str, Any]) -> str:
     """How a card names a quantization scheme (:func:`hf_qat.core.layout.quantization_scheme`): ``INT8`` for
-    8-bit weights and activations, ``INT4 weight-only``, ``INT4/INT8 weight-only``, or
-    ``INT4 weights, INT8 activations``."""
+    8-bit weights and activations, ``INT4 weight-only``, ``INT4/INT8 weight-only``, ``INT4 weights, INT8
+    activations`` or ``INT4/INT8 weights, INT8 per-token dynamic activations``."""
     weights = "/".join(f"INT{b}" for b in scheme["weights"]["bits"]) or "float"
     if not scheme["activations"]["count"]:
         return f"{weights} weight-only"
     activations = "/".join(f"INT{b}" for b in scheme["activations"]["bits"])
+    if scheme["activations"].get("dynamic_per_token"):
+        return f"{weights} weights, {activations} per-token dynamic activations"
     if weights == activations:
         return weights
     return f"{weights} weights, {activations} activations"

@@ -224,6 +224,12 @@ def build_quantizer_setup(model: Any, settings: QuantizationSettings) -> Quantiz
                 continue
             if not settings.quantize_inputs and _fed_by_model_input(model, node.layer):
                 continue
+            if settings.activations.scheme == "dynamic_per_token":
+                raise ConfigError(
+                    "$.compression.activations.scheme",
+                    "dynamic_per_token",
+                    "'static' or 'none': per-token dynamic activations are PyTorch-only in hf_qat",
+                )
             spec = group_spec(settings, QuantizerGroup.ACTIVATIONS, [node.path, qid], None)
             points.append(QuantizationPoint(TargetType.OPERATOR_PRE_HOOK, node.path, 0, spec, [node.path]))
     if not points:

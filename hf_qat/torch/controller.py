@@ -205,18 +205,27 @@ class QuantizationController(QuantizationControllerBase):
         Raises:
             [`CompressionStateError`]: the model has group-wise weight quantizers, which NNCF has no form for.
         """
-        self.refuse_group_wise("an NNCF 2.x checkpoint")
+        self.refuse_hf_qat_only("an NNCF 2.x checkpoint")
         return to_nncf_state_dict(self._model.state_dict())
 
-    def refuse_group_wise(self, target: str) -> None:
-        """Raise [`CompressionStateError`] naming the first group-wise weight quantizer, for formats without them."""
-        grouped = [qid for qid, q in self.quantizers.items() if q.spec.grouped]
-        if grouped:
-            raise CompressionStateError(
-                f"{target} cannot hold group-wise weight quantizers (hf_qat's group_size extension; {len(grouped)} "
-                f"here, first: {grouped[0]}). Save hf_qat's own checkpoint (save_pretrained / QATTrainer), or "
-                "quantize per channel for NNCF."
-            )
+    def refuse_hf_qat_only(self, target: str) -> None:
+        """Raise [`CompressionStateError`] naming the first quantizer NNCF has no form for: group-wise weights
+        (``group_size``) and per-token dynamic activations (``scheme: dynamic_per_token``)."""
+        for kind, found in (
+            (
+                "group-wise weight quantizers (hf_qat's group_size extension",
+                [q for q in self.quantizers if self.quantizers[q].spec.grouped],
+            ),
+            (
+                "per-token dynamic activation quantizers (hf_qat's dynamic_per_token scheme",
+                [q for q in self.quantizers if self.quantizers[q].spec.dynamic],
+            ),
+        ):
+            if found:
+                raise CompressionStateError(
+                    f"{target} cannot hold {kind}; {len(found)} here, first: {found[0]}). Save hf_qat's own "
+                    "checkpoint (save_pretrained / QATTrainer), or use NNCF's per-channel/per-tensor schemes for NNCF."
+                )
 
     # -- inference model --------------------------------------------------------------------
     def strip(self, do_copy: bool = True) -> nn.Module:

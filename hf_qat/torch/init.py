@@ -238,6 +238,8 @@ def run_range_init(
         qid = setup.quantizer_id(group)
         qp = setup.points[group[0]]
         q = quantizers[qid]
+        if qp.qspec.dynamic:  # scales computed per token at run time: nothing to calibrate
+            continue
         names = [setup.points[i].target_node_name for i in group] + [setup.points[i].quantizer_id for i in group]
         qgroup = QuantizerGroup.WEIGHTS if qp.is_weight else QuantizerGroup.ACTIVATIONS
         r = settings.range_init_for(qgroup, names, qid)

@@ -156,6 +156,8 @@ def _add_activation(points, tensor_of, settings, trace, node_name, port, key) ->
         return
     qid = f"{node_name}|INPUT{port}"
     spec = _group_spec(settings, QuantizerGroup.ACTIVATIONS, [node_name, qid], None)
+    if settings.activations.scheme == "dynamic_per_token":  # symmetric, narrow (a scale per token, [-127, 127])
+        spec = QuantizerSpec(num_bits=spec.num_bits, narrow_range=True, signedness_to_force=True, dynamic=True)
     points.append(QuantizationPoint(TargetType.OPERATOR_PRE_HOOK, node_name, port, spec, [node_name]))
     if key is not None:
         tensor_of[len(points) - 1] = key

@@ -408,7 +408,7 @@ def get_nncf3_config(ctrl: QuantizationController, example_input: Any = None) ->
     Save it as JSON with [`nncf3_state_dict`]; NNCF 3 restores a fresh float model with
     ``load_from_config(model, config)`` and ``model.load_state_dict(state_dict)``.
     """
-    ctrl.refuse_group_wise("An NNCF 3 config")
+    ctrl.refuse_hf_qat_only("An NNCF 3 config")
     hooks = _hook_names(ctrl, example_input)
     entries = []
     for group in ctrl.setup.groups():

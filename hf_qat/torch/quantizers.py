@@ -20,7 +20,7 @@ from ..core.spec import QuantizerSpec
 from ..core.statistics import BatchStatistics, RangeCollector, asymmetric_range, symmetric_range
 from .functions import asymmetric_grid, fake_quantize_asymmetric, fake_quantize_symmetric, symmetric_grid
 
-__all__ = ["BaseQuantizer", "SymmetricQuantizer", "AsymmetricQuantizer", "create_quantizer"]
+__all__ = ["BaseQuantizer", "SymmetricQuantizer", "AsymmetricQuantizer", "DynamicPerTokenQuantizer", "create_quantizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +328,37 @@ class AsymmetricQuantizer(BaseQuantizer):
         self._memo = None
 
 
+class DynamicPerTokenQuantizer(BaseQuantizer):
+    """Per-token dynamic quantizer (``spec.dynamic``): each slice along the last axis gets the symmetric scale
+    ``max|x| / level_high`` of its own values at run time; no learned range, nothing to calibrate. The gradient is
+    the straight-through estimator (torchao's per-token dynamic activations)."""
+
+    def __init__(self, spec: QuantizerSpec, shared: bool = False):
+        super().__init__(spec, shared)
+        self.initialized = True  # no range to initialise
+
+    def _quantize_with(self, x: torch.Tensor) -> torch.Tensor:
+        ll, lh = self.levels()
+        step = token_steps(x.detach(), lh)
+        out = torch.clamp(torch.round(x.detach() / step), ll, lh) * step
+        return x + (out.to(x.dtype) - x).detach()
+
+    def grid_tensors(self):
+        raise TypeError("a per-token dynamic quantizer has no fixed grid: its step is max|x| / level_high per token")
+
+    def _collect(self, x: torch.Tensor) -> None:  # nothing to calibrate
+        return None
+
+    def init_from_collector(self, collector: RangeCollector) -> None:
+        self.initialized = True
+
+
+def token_steps(x: torch.Tensor, level_high: int) -> torch.Tensor:
+    """The per-token step of a dynamic quantizer: ``max|x| / level_high`` along the last axis (float32, at least
+    a tiny positive value so that all-zero tokens stay zero)."""
+    return (x.float().abs().amax(dim=-1, keepdim=True) / level_high).clamp_min(1e-12)
+
+
 class _ScaleGradient:
     """Gradient hook ``g -> g * multiplier`` (a picklable object; quantizers re-register it on unpickling,
     so torch's warning about unserialised tensor hooks does not apply)."""
@@ -358,6 +389,8 @@ def _warn_plain_onnx_export() -> None:
 
 
 def create_quantizer(spec: QuantizerSpec, shared: bool = False) -> BaseQuantizer:
+    if spec.dynamic:
+        return DynamicPerTokenQuantizer(spec, shared=shared)
     cls = SymmetricQuantizer if spec.symmetric else AsymmetricQuantizer
     return cls(spec, shared=shared)
 

@@ -475,5 +475,7 @@ def test_group_wise_weights_are_refused_and_weight_only_builds_no_activation_qua
     dataset, _ = mlp_data()
     with pytest.raises(ConfigError, match="weights.group_size: found 16; expected no group_size for .*PyTorch-only"):
         compress(mlp(), dataset, weights={"bits": 4, "group_size": 16})
+    with pytest.raises(ConfigError, match="per-token dynamic activations are PyTorch-only"):
+        compress(mlp(), dataset, activations={"scheme": "dynamic_per_token"})
     ctrl, _ = compress(mlp(), dataset, activations={"scheme": "none"})
     assert len(ctrl.weight_quantizers) == 3 and len(ctrl.activation_quantizers) == 0

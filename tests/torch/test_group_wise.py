@@ -275,3 +275,42 @@ def test_run_qat_causal_lm_int4_preset_pushes_and_pulls(hub, tmp_path):
     card = files["README.md"].decode()  # the card names what the files are, not INT8
     assert "INT4/INT8 weight-only quantization-aware-trained version" in card and "INT8 quantization-aware" not in card
     assert "- int4" in card and "QuantizeLinear/DequantizeLinear activations" not in card
+
+
+# -- 8-bit per-token dynamic activations (activations.scheme: dynamic_per_token) ---------------------------------------
+
+
+def test_per_token_dynamic_quantizer_scales_each_token_and_passes_gradients_straight():
+    from hf_qat.torch.quantizers import DynamicPerTokenQuantizer
+
+    q = create_quantizer(QuantizerSpec(num_bits=8, narrow_range=True, signedness_to_force=True, dynamic=True))
+    assert isinstance(q, DynamicPerTokenQuantizer) and list(q.parameters()) == [] and q.initialized
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 16) * torch.tensor([0.01, 1.0, 50.0]).view(1, 3, 1)).requires_grad_(True)
+    out = q(x)
+    step = x.detach().abs().amax(-1, keepdim=True) / 127
+    torch.testing.assert_close(out, torch.clamp(torch.round(x.detach() / step), -127, 127) * step, rtol=0, atol=0)
+    # every token on its own grid: its largest magnitude is exactly representable, the rest within half a step
+    assert ((out - x).abs() <= step / 2 + 1e-6 * step).all()
+    g = torch.randn_like(x)
+    out.backward(g)
+    assert torch.equal(x.grad, g)
+    assert QuantizerSpec.from_state(q.spec.to_state()).dynamic and "dynamic" not in QuantizerSpec().to_state()
+
+
+def test_8da4w_gpt2_exports_to_4_bit_kernels_and_nncf_writers_refuse_it(tmp_path):
+    from hf_qat.core.layout import quantization_scheme
+    from hf_qat.hub.model_card import precision_name
+    from hf_qat.torch.export import export_onnx
+
+    algo = {**GPT2_4BIT, "activations": {"scheme": "dynamic_per_token"}}
+    ctrl, model, batches = compress(tiny_gpt2(), **algo)
+    assert len(ctrl.activation_quantizers) == 17 and all(q.spec.dynamic for q in ctrl.activation_quantizers.values())
+    result = export_onnx(model, tmp_path / "model.onnx", batches[0], opset=21, runtimes=("onnxruntime", "openvino"))
+    assert all(r.ok for r in result.verification) and result.summary.num_quantize_linear == 0
+    assert result.onnxruntime_ops["MatMulNBits"] == 9  # the 8 Conv1D layers (4-bit) and lm_head (8-bit)
+    assert precision_name(quantization_scheme(ctrl)) == "INT4/INT8 weights, INT8 per-token dynamic activations"
+
+    ctrl8, _, _ = compress(tiny_gpt2(), activations={"scheme": "dynamic_per_token"})
+    with pytest.raises(CompressionStateError, match="per-token dynamic activation quantizers"):
+        ctrl8.nncf_state_dict()

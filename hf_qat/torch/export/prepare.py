@@ -29,7 +29,7 @@ from torch import nn
 from ...errors import ExportError
 from ..insertion import CONTAINER_NAME
 from ..layers import is_wrapped, layer_kind
-from ..quantizers import BaseQuantizer
+from ..quantizers import BaseQuantizer, token_steps
 from .qdq import QDQParams, dequantize, qdq_params, quantize
 
 __all__ = ["ExportPlan", "onnx_export_mode", "model_quantizers"]
@@ -105,6 +105,22 @@ class _ActivationForward:
             self.last = (x, ints)
         self.plan.emitted_activations.add(self.qid)
         return dequantize(ints, scale, q.onnx_zero_point, q.onnx_axis)
+
+
+class _DynamicForward:
+    """Export-mode ``forward`` of a per-token dynamic quantizer: its arithmetic in standard float operators
+    (``ReduceMax(|x|) / level_high``, ``Round``, ``Clip``, ``Mul``), the same values as in training. ONNX's
+    ``QuantizeLinear`` takes no per-row scale computed in the graph before opset 21's blocked form, which ONNX
+    Runtime does not fuse either."""
+
+    def __init__(self, quantizer: BaseQuantizer, qid: str, plan: ExportPlan):
+        self.q, self.qid, self.plan = quantizer, qid, plan
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        ll, lh = self.q.levels()
+        step = token_steps(x, lh).to(x.dtype)
+        self.plan.emitted_activations.add(self.qid)
+        return torch.clamp(torch.round(x / step), ll, lh) * step
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +255,10 @@ def onnx_export_mode(model: nn.Module, quantized: bool = True) -> Iterator[Expor
         model.eval()
         with torch.no_grad():
             for qid, q in activations.items():
-                if quantized and q.is_enabled_quantization:
+                if quantized and q.is_enabled_quantization and q.spec.dynamic:
+                    forwards.append((q, q.__dict__.get("forward", _NONE)))
+                    q.forward = _DynamicForward(q, qid, plan)
+                elif quantized and q.is_enabled_quantization:
                     try:
                         p = qdq_params(q)
                     except ValueError as e:

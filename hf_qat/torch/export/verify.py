@@ -43,7 +43,7 @@ def _capture_quantizers(model: nn.Module, run) -> tuple[Any, dict[str, np.ndarra
     seen: dict[str, list] = {}
     handles = []
     for qid, q in activations.items():
-        if not q.is_enabled_quantization:
+        if not q.is_enabled_quantization or q.spec.dynamic:  # dynamic ones are float operators, not Q/DQ nodes
             continue
 
         def hook(module, args, output, qid=qid):
