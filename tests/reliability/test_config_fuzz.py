@@ -111,9 +111,9 @@ def test_junk_anywhere_is_accepted_or_refused_with_config_error(config: dict[str
     except ConfigError as e:
         assert e.path.startswith("$")
         return
-    # accepted: no number in it is NaN or infinite
-    text = json.dumps(parsed)
-    assert "NaN" not in text and "Infinity" not in text
+    # accepted: no number in it is NaN or infinite (strings such as a scope named "Infinity" are fine)
+    numbers = [v for p in _paths(dict(parsed)) if p for v in [_get(dict(parsed), p)] if isinstance(v, float)]
+    assert all(math.isfinite(v) for v in numbers), numbers
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
@@ -239,6 +239,8 @@ def test_compression_succeeds_with_finite_ranges_or_leaves_the_model_unchanged(
     for qid, q in ctrl.quantizers.items():
         for name, t in q.named_parameters():
             assert torch.isfinite(t).all(), (qid, name)
+        if q.spec.dynamic:  # per-token scales computed at run time: no fixed range to check
+            continue
         low, high = q.input_low_high()
         assert torch.isfinite(low).all() and torch.isfinite(high).all() and bool((high > low).all()), qid
     out = compressed(x)
