@@ -99,7 +99,14 @@ def test_int4_causal_lm_section_smoke(tmp_path):
     work, out = tmp_path / "work", tmp_path / "BENCHMARKS.md"
     work.mkdir()
     (work / "results.json").write_text(json.dumps(_minimal_results()))
-    args = ["--data_dir", str(data), "--work_dir", str(work), "--output", str(out), "--threads", "1"]
+    args = [
+        "--data_dir",
+        str(data),
+        "--work_dir",
+        str(work),
+        "--output",
+        str(out),
+    ]  # no --threads: it would set torch's for later tests
     results = int4_causal_lm.main(args + ["--fp32_steps", "20", "--qat_steps", "10", "--reps", "2"])
     assert set(results["perplexity"]) == {"fp32", "ptq_rtn", "ptq_hf_qat_init", "qat"}
     assert all(v > 1 for v in results["perplexity"].values())
